@@ -1,0 +1,155 @@
+import math
+
+import pytest
+import timm
+import torch
+
+import xt_plugins
+from xt_plugins.nn.region import RegionWeightsError
+from xt_plugins.nn.tokenize import RegionGrid
+
+from ..conftest import TINY_BACKBONES, TINY_CONTEXT, tiny_model
+
+CONTEXTS = ["none", "txl", "hyper", "mamba"]
+
+
+@pytest.mark.parametrize("context", CONTEXTS)
+def test_odd_image_shapes_every_context(context):
+    model = tiny_model("convnext_tiny", context, region_size=256, num_classes=5).eval()
+    x = torch.randn(1, 3, 1000, 700)
+    with torch.no_grad():
+        logits = model(x)
+        feats = model.forward_intermediates(x, intermediates_only=True)
+    assert logits.shape == (1, 5)
+    assert [tuple(f.shape[-2:]) for f in feats] == [
+        (math.ceil(1000 / s), math.ceil(700 / s)) for s in (4, 8, 16, 32)
+    ]
+    assert all(torch.isfinite(f).all() for f in feats)
+
+
+@pytest.mark.parametrize("backbone", sorted(TINY_BACKBONES))
+def test_none_equals_backbone_on_each_region(backbone):
+    model = tiny_model(backbone, "none").eval()
+    x = torch.randn(2, 3, 150, 100)
+    grid = RegionGrid(150, 100, 64)
+    kw = dict(TINY_BACKBONES[backbone])
+    ref_backbone = model.region_encoder.backbone
+    with torch.no_grad():
+        ours = model.forward_intermediates(x, intermediates_only=True)
+        per_region = ref_backbone(grid.nest(x))
+    if model.region_encoder.channels_last:
+        per_region = [f.permute(0, 3, 1, 2) for f in per_region]
+    for o, f, s in zip(ours, per_region, (4, 8, 16, 32), strict=True):
+        assert torch.allclose(o, grid.unnest(f, 2, crop_stride=s), atol=1e-6)
+    # and the timm backbone built independently with the same weights agrees
+    plain = timm.create_model(
+        xt_plugins.BACKBONES[backbone], features_only=True, img_size=64, **kw
+    ) if backbone != "convnext_tiny" else timm.create_model("convnext_tiny", features_only=True, **kw)
+    plain.load_state_dict(ref_backbone.state_dict())
+    plain.eval()
+    with torch.no_grad():
+        first = plain(grid.nest(x)[:1])[0]
+    if model.region_encoder.channels_last:
+        first = first.permute(0, 3, 1, 2)
+    assert torch.allclose(first[0], ours[0][0, :, :16, :16], atol=1e-6)
+
+
+def _last_region_output(model, x):
+    with torch.no_grad():
+        last = model.forward_intermediates(x, intermediates_only=True)[-1]
+    return last[..., -2:, -2:]  # last region's tokens (64 px regions, stride 32)
+
+
+@pytest.mark.parametrize("context", CONTEXTS)
+def test_first_region_reaches_last_region(context):
+    # 9 regions x 4 tokens in segments of 8 tokens: for txl, region 0 reaches region 8 only
+    # through the memory of earlier segments (mem_len covers the sequence)
+    model = tiny_model("convnext_tiny", context, context_kwargs={**TINY_CONTEXT, "mem_len": 64}).eval()
+    x = torch.randn(1, 3, 192, 192)  # 3 x 3 regions, 4 tokens each
+    y = x.clone()
+    y[..., :64, :64] += 3.0 * torch.randn(1, 3, 64, 64)
+    changed = not torch.allclose(_last_region_output(model, x), _last_region_output(model, y), atol=1e-5)
+    assert changed == (context != "none")
+
+
+def test_txl_memory_carries_across_segments():
+    def last_change(mem_len):
+        model = tiny_model(
+            "convnext_tiny", "txl", context_kwargs=dict(depth=1, segment_len=4, mem_len=mem_len)
+        ).eval()
+        x = torch.randn(1, 3, 64, 192)  # 3 regions -> 3 segments of one region each
+        y = x.clone()
+        y[..., :, :64] += 3.0
+        return (_last_region_output(model, x) - _last_region_output(model, y)).abs().max().item()
+
+    assert last_change(mem_len=8) > 1e-3  # segment 2 sees segments 0 and 1 through memory
+    assert last_change(mem_len=0) < 1e-6  # without memory, segments are independent
+
+
+@pytest.mark.parametrize("context", CONTEXTS)
+def test_gradients_reach_region_encoder_first_layer(context):
+    model = tiny_model("convnext_tiny", context, num_classes=3).train()
+    x = torch.randn(1, 3, 128, 100)
+    loss = torch.nn.functional.cross_entropy(model(x), torch.tensor([1]))
+    loss.backward()
+    first = next(p for p in model.region_encoder.parameters())
+    assert first.grad is not None and first.grad.abs().sum() > 0
+    if context != "none":
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.context.parameters())
+
+
+@pytest.mark.parametrize("backbone", sorted(TINY_BACKBONES))
+def test_backbones_with_two_input_channels(backbone):
+    model = tiny_model(backbone, "txl", in_chans=2, num_classes=2).eval()
+    with torch.no_grad():
+        out = model(torch.randn(2, 2, 100, 130))
+    assert out.shape == (2, 2)
+    with pytest.raises(ValueError, match="2 input channels"):
+        model(torch.randn(1, 3, 64, 64))
+
+
+def test_region_mask_skips_regions():
+    model = tiny_model("convnext_tiny", "mamba", num_classes=2).eval()
+    x = torch.randn(1, 3, 128, 128)
+    mask = torch.tensor([[True, True, False, True]])
+    y = x.clone()
+    y[..., 64:, :64] = 100.0  # masked region: its content must not matter
+    with torch.no_grad():
+        a, b = model(x, region_mask=mask), model(y, region_mask=mask)
+        full = model(x)
+    assert torch.allclose(a, b, atol=1e-5)
+    assert not torch.allclose(a, full, atol=1e-4)
+
+
+def test_region_weights_from_safetensors_and_torch(tmp_path):
+    from safetensors.torch import save_file
+
+    kw = TINY_BACKBONES["convnext_tiny"]
+    plain = timm.create_model("convnext_tiny", in_chans=3, **kw)  # a plain classifier checkpoint
+    save_file(plain.state_dict(), tmp_path / "w.safetensors")
+    torch.save({"state_dict": plain.state_dict()}, tmp_path / "w.pth")
+    x = torch.randn(1, 3, 64, 64)
+    expected = plain.forward_intermediates(x, intermediates_only=True)
+    for name in ("w.safetensors", "w.pth"):
+        model = xt_plugins.create_model(
+            "convnext_tiny", "none", region_size=64, pretrained_region=tmp_path / name, **kw
+        )
+        got = model.region_encoder(x)
+        assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(got, expected, strict=True))
+    # RGB weights into a 2-band (SAR) encoder: the stem is adapted, not refused
+    xt_plugins.create_model(
+        "convnext_tiny", "none", region_size=64, in_chans=2, pretrained_region=tmp_path / "w.safetensors", **kw
+    )
+
+
+def test_region_weights_errors_name_file_and_keys(tmp_path):
+    kw = TINY_BACKBONES["convnext_tiny"]
+    state = timm.create_model("convnext_tiny", **kw).state_dict()
+    state.pop("stem.0.weight")
+    state["extra.weight"] = torch.zeros(1)
+    torch.save(state, tmp_path / "bad.pt")
+    with pytest.raises(RegionWeightsError, match=r"bad\.pt(.|\n)*missing keys: stem_0\.weight(.|\n)*unexpected keys: extra\.weight"):
+        xt_plugins.create_model("convnext_tiny", "none", region_size=64, pretrained_region=tmp_path / "bad.pt", **kw)
+    torch.save({"weights": object()}, tmp_path / "pickle.pt")
+    with pytest.raises(RegionWeightsError, match="weights_only=True"):
+        xt_plugins.create_model("convnext_tiny", "none", region_size=64, pretrained_region=tmp_path / "pickle.pt", **kw)

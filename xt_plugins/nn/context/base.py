@@ -1,0 +1,152 @@
+"""The contract every context encoder follows, and the name -> class registry.
+
+A context encoder reads the sequence of region tokens of one image (or a batch of images of
+the same grid) and returns a sequence of the same shape. Positions never come from a
+fixed-size buffer: they are computed from each token's (row, col) on the image's global token
+grid, so any image size works.
+
+.. versionadded:: 0.1
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "ContextEncoder",
+    "CONTEXT_ENCODERS",
+    "register_context",
+    "build_context",
+    "sincos_2d",
+]
+
+CONTEXT_ENCODERS: dict[str, type[ContextEncoder]] = {}
+
+
+def register_context(name: str):
+    """Class decorator that registers a context encoder under ``name``.
+
+    Args:
+        name: the name used in ``create_model(..., context=name)`` and in model names.
+
+    Returns:
+        The decorator.
+    """
+
+    def wrap(cls: type[ContextEncoder]) -> type[ContextEncoder]:
+        if name in CONTEXT_ENCODERS:
+            raise ValueError(f"context encoder {name!r} is already registered")
+        cls.name = name
+        CONTEXT_ENCODERS[name] = cls
+        return cls
+
+    return wrap
+
+
+def build_context(name: str, dim: int, **kwargs: Any) -> ContextEncoder:
+    """Build a registered context encoder.
+
+    Args:
+        name: registered name (``none``, ``txl``, ``hyper``, ``mamba``).
+        dim: token dimension (channels of the region encoder's last stage).
+        **kwargs: passed to the encoder's constructor.
+
+    Returns:
+        The context encoder.
+
+    Raises:
+        KeyError: if ``name`` is not registered; the message lists the known names.
+    """
+    if name not in CONTEXT_ENCODERS:
+        raise KeyError(f"unknown context encoder {name!r}; known: {sorted(CONTEXT_ENCODERS)}")
+    return CONTEXT_ENCODERS[name](dim, **kwargs)
+
+
+def sincos_2d(coords: Tensor, dim: int, temperature: float = 10000.0) -> Tensor:
+    """2-D sine-cosine embedding of (row, col) positions on the global token grid.
+
+    Args:
+        coords: (..., 2) float or integer positions (row, col); any range.
+        dim: embedding size; a multiple of 4 uses all channels, others are zero-padded.
+        temperature: frequency base.
+
+    Returns:
+        (..., dim) float tensor.
+    """
+    quarter = dim // 4
+    out_shape = (*coords.shape[:-1], dim)
+    if quarter == 0:
+        return coords.new_zeros(out_shape, dtype=torch.float32)
+    freqs = torch.arange(quarter, device=coords.device, dtype=torch.float32)
+    freqs = 1.0 / (temperature ** (freqs / max(quarter, 1)))
+    rows = coords[..., 0:1].float() * freqs  # (..., quarter)
+    cols = coords[..., 1:2].float() * freqs
+    emb = torch.cat([rows.sin(), rows.cos(), cols.sin(), cols.cos()], dim=-1)
+    if emb.shape[-1] < dim:
+        emb = torch.nn.functional.pad(emb, (0, dim - emb.shape[-1]))
+    return emb
+
+
+class ContextEncoder(nn.Module):
+    """Base class: maps region tokens (B, N, D) with positions (N, 2) to (B, N, D).
+
+    Subclasses implement :meth:`forward`. ``state`` is encoder-specific and lets streaming
+    code run the sequence in pieces: Transformer-XL returns its per-layer memory, Mamba its
+    scan state; the stateless encoders return ``None``.
+
+    Attributes:
+        name: the registry name, set by :func:`register_context`.
+        dim: token dimension.
+    """
+
+    name: str = "base"
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.dim = dim
+
+    def forward(
+        self, tokens: Tensor, coords: Tensor, state: Any = None
+    ) -> tuple[Tensor, Any]:  # pragma: no cover - interface
+        """Integrate context over a token sequence.
+
+        Args:
+            tokens: (B, N, D) region tokens in scan order.
+            coords: (N, 2) (row, col) of each token on the image's global token grid.
+            state: encoder-specific carried state (None to start fresh).
+
+        Returns:
+            ``(out, state)``: (B, N, D) tokens and the state after the last token.
+        """
+        raise NotImplementedError
+
+    @staticmethod
+    def _check(tokens: Tensor, coords: Tensor) -> None:
+        if tokens.ndim != 3:
+            raise ValueError(f"tokens must be (B, N, D), got shape {tuple(tokens.shape)}")
+        if coords.shape != (tokens.shape[1], 2):
+            raise ValueError(
+                f"coords must be (N, 2) with N={tokens.shape[1]}, got {tuple(coords.shape)}"
+            )
+
+
+def trunc_normal_init(module: nn.Module, std: float = 0.02) -> None:
+    """Initialise Linear layers with a truncated normal and zero bias (ViT style)."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.trunc_normal_(m.weight, std=std)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+
+def num_heads_for(dim: int, head_dim: int = 32) -> int:
+    """Largest head count <= dim / head_dim that divides ``dim`` (at least 1)."""
+    heads = max(1, dim // head_dim)
+    while dim % heads:
+        heads -= 1
+    return heads
+
+

@@ -1,0 +1,354 @@
+"""XTModel: region encoder + context encoder + head, with timm's model conventions.
+
+Shapes used throughout: B images, R regions per image (scan order), N = B * R region crops,
+k x k context tokens per region, C channels of the region encoder's last stage.
+
+.. versionadded:: 0.1
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from .context import build_context
+from .heads import ClassifierHead, masked_mean
+from .region import RegionEncoder
+from .tokenize import RegionGrid
+
+__all__ = ["XTModel", "RegionLoader"]
+
+RegionLoader = Callable[[Tensor], Tensor]
+"""Reads the regions with the given indices: (n,) long -> (n, C, region, region)."""
+
+
+class XTModel(nn.Module):
+    """xT: nested tokenization, a region encoder, a context encoder and a classifier head.
+
+    Args:
+        region_encoder: the per-region backbone.
+        context: registered context encoder name (``none``, ``txl``, ``hyper``, ``mamba``).
+        num_classes: classifier outputs (0: no classifier, ``forward`` returns pooled features).
+        context_pool: pool each region's last-stage map to ``k x k`` context tokens
+            (None: every last-stage token is a context token).
+        context_dim: width of the context encoder (None: the last stage's channels).
+        context_kwargs: options for the context encoder (``depth``, ``segment_len``, ...).
+        drop_rate: dropout before the classifier.
+        region_chunk: encode at most this many regions at a time (None: all at once).
+        grad_ratio: in training, the fraction of regions whose region-encoder pass keeps
+            gradients (the rest run without; outputs stay in region order).
+        checkpoint_regions: recompute region-encoder activations in the backward pass
+            (activation checkpointing per chunk).
+
+    .. versionadded:: 0.1
+    """
+
+    def __init__(
+        self,
+        region_encoder: RegionEncoder,
+        context: str = "mamba",
+        *,
+        num_classes: int = 0,
+        context_pool: int | None = None,
+        context_dim: int | None = None,
+        context_kwargs: dict[str, Any] | None = None,
+        drop_rate: float = 0.0,
+        region_chunk: int | None = None,
+        grad_ratio: float = 1.0,
+        checkpoint_regions: bool = False,
+    ) -> None:
+        super().__init__()
+        if not 0.0 < grad_ratio <= 1.0:
+            raise ValueError(f"grad_ratio must be in (0, 1], got {grad_ratio}")
+        if region_chunk is not None and region_chunk <= 0:
+            raise ValueError(f"region_chunk must be positive, got {region_chunk}")
+        self.region_encoder = region_encoder
+        self.region_size = region_encoder.region_size
+        self.in_chans = region_encoder.in_chans
+        self.context_name = context
+        self.context_pool = context_pool
+        self.region_chunk = region_chunk
+        self.grad_ratio = grad_ratio
+        self.checkpoint_regions = checkpoint_regions
+        channels = region_encoder.channels[-1]
+        self.num_features = self.head_hidden_size = channels
+        self.last_stride = region_encoder.reductions[-1]
+        last_side = self.region_size // self.last_stride
+        if context_pool is not None and not 0 < context_pool <= last_side:
+            raise ValueError(f"context_pool must be in 1..{last_side} for these regions, got {context_pool}")
+        dim = context_dim or channels
+        if context == "none":
+            self.context_in: nn.Module = nn.Identity()
+            self.context = build_context("none", dim)
+            self.context_out: nn.Module | None = None
+        else:
+            self.context_in = nn.Linear(channels, dim) if dim != channels else nn.Identity()
+            self.context = build_context(context, dim, **(context_kwargs or {}))
+            self.context_out = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, channels))
+        self.head = ClassifierHead(channels, num_classes, drop_rate)
+        self.num_classes = num_classes
+        self.feature_info = [
+            dict(num_chs=c, reduction=s, module=f"region_encoder.stages.{i}")
+            for i, (c, s) in enumerate(zip(region_encoder.channels, region_encoder.reductions, strict=True))
+        ]
+
+    # ------------------------------------------------------------------ geometry
+    @property
+    def tokens_per_side(self) -> int:
+        """k: context tokens per region side."""
+        return self.context_pool or self.region_size // self.last_stride
+
+    def grid_for(self, height: int, width: int) -> RegionGrid:
+        """The region grid over an image of ``height x width`` pixels."""
+        return RegionGrid(height, width, self.region_size)
+
+    # ------------------------------------------------------------------ regions
+    def encode_regions(
+        self,
+        regions: Tensor | RegionLoader,
+        num_regions: int | None = None,
+        stages: Sequence[int] | None = None,
+    ) -> list[Tensor]:
+        """Run the region encoder over regions in chunks, keeping only ``stages``.
+
+        Honors ``region_chunk``, ``checkpoint_regions`` and (in training) ``grad_ratio``.
+
+        Args:
+            regions: (N, C, r, r) crops, or a loader that reads crops by index (so a training
+                step never holds the whole image; with checkpointing the loader runs again
+                in the backward pass).
+            num_regions: N, required with a loader.
+            stages: indices of the stages to return (default: all).
+
+        Returns:
+            One (N, C_s, r / s, r / s) tensor per requested stage, in region order.
+        """
+        if isinstance(regions, Tensor):
+            crops = regions
+            n = crops.shape[0]
+
+            def load(idx: Tensor) -> Tensor:
+                return crops.index_select(0, idx.to(crops.device))
+        else:
+            if num_regions is None:
+                raise ValueError("num_regions is required when regions is a loader")
+            n, load = num_regions, regions
+        stages = tuple(range(len(self.region_encoder.channels))) if stages is None else tuple(stages)
+        device = next(self.parameters()).device
+        order = torch.arange(n, device=device)
+        grad_on = torch.is_grad_enabled()
+        if grad_on and self.training and self.grad_ratio < 1.0:
+            perm = torch.randperm(n, device=device)
+            n_grad = max(1, math.ceil(n * self.grad_ratio))
+            with_grad = perm[:n_grad].sort().values
+            without = perm[n_grad:].sort().values
+            parts = [(with_grad, True), (without, False)]
+        else:
+            parts = [(order, grad_on)]
+        outs: list[list[Tensor]] = [[] for _ in stages]
+        idx_done: list[Tensor] = []
+        for idx, keep_grad in parts:
+            if idx.numel() == 0:
+                continue
+            with torch.set_grad_enabled(keep_grad):
+                for feats in self._encode_chunks(load, idx, stages, keep_grad):
+                    for out, f in zip(outs, feats, strict=True):
+                        out.append(f)
+            idx_done.append(idx)
+        cat = [torch.cat(o, dim=0) for o in outs]
+        if len(idx_done) == 1:
+            return cat
+        # Put regions back in scan order (differentiable for the rows that kept gradients).
+        inverse = torch.empty(n, dtype=torch.long, device=device)
+        inverse[torch.cat(idx_done)] = torch.arange(n, device=device)
+        return [c.index_select(0, inverse) for c in cat]
+
+    def _encode_chunks(self, load: RegionLoader, idx: Tensor, stages: tuple[int, ...], grad: bool):
+        chunk = self.region_chunk or idx.numel()
+        for start in range(0, idx.numel(), chunk):
+            sub = idx[start : start + chunk]
+            if grad and self.checkpoint_regions:
+                yield checkpoint(self._encode_stages, load, sub, stages, use_reentrant=False)
+            else:
+                yield self._encode_stages(load, sub, stages)
+
+    def _encode_stages(self, load: RegionLoader, idx: Tensor, stages: tuple[int, ...]) -> tuple[Tensor, ...]:
+        device = next(self.parameters()).device
+        feats = self.region_encoder(load(idx).to(device))
+        return tuple(feats[s] for s in stages)
+
+    # ------------------------------------------------------------------ context
+    def pool_tokens(self, last: Tensor) -> Tensor:
+        """Per-region context tokens from last-stage maps: (N, C, h, w) -> (N, k*k, C)."""
+        if self.context_pool is not None and self.context_pool != last.shape[-1]:
+            last = F.adaptive_avg_pool2d(last, self.context_pool)
+        return last.flatten(2).transpose(1, 2)
+
+    def contextualize(self, tokens: Tensor, coords: Tensor) -> Tensor:
+        """Context encoder over one image's token sequence, projected back to C channels.
+
+        Args:
+            tokens: (B, T, C) tokens in scan order.
+            coords: (T, 2) global token positions.
+
+        Returns:
+            (B, T, C) context to add to the last stage (zeros for ``none``).
+        """
+        if self.context_out is None:
+            return torch.zeros_like(tokens)
+        out, _ = self.context(self.context_in(tokens), coords)
+        return self.context_out(out)
+
+    def fuse_context(self, last: Tensor, context: Tensor) -> Tensor:
+        """Add per-region context (N, k*k, C) to last-stage maps (N, C, h, w)."""
+        n, c, h, w = last.shape
+        k = self.tokens_per_side
+        ctx = context.transpose(1, 2).reshape(n, c, k, k)
+        if k != h or k != w:
+            ctx = F.interpolate(ctx, size=(h, w), mode="nearest")
+        return last + ctx
+
+    def _apply_context(self, last: Tensor, grid: RegionGrid, batch: int, region_mask: Tensor | None) -> Tensor:
+        if self.context_out is None:
+            return last
+        k2 = self.tokens_per_side**2
+        tokens = self.pool_tokens(last).reshape(batch, grid.num_regions * k2, -1)  # (B, R*k*k, C)
+        coords = grid.token_coords(self.tokens_per_side, device=last.device)  # (R*k*k, 2)
+        if region_mask is None:
+            ctx = self.contextualize(tokens, coords)
+        else:
+            ctx = torch.zeros_like(tokens)
+            token_mask = region_mask.repeat_interleave(k2, dim=1)  # (B, R*k*k)
+            for b in range(batch):
+                keep = token_mask[b].nonzero().squeeze(1)
+                if keep.numel():
+                    ctx[b, keep] = self.contextualize(tokens[b : b + 1, keep], coords[keep])[0]
+        return self.fuse_context(last, ctx.reshape(batch * grid.num_regions, k2, -1))
+
+    # ------------------------------------------------------------------ timm API
+    def _pyramid(
+        self, x: Tensor, stages: Sequence[int], region_mask: Tensor | None = None
+    ) -> tuple[RegionGrid, list[Tensor]]:
+        if x.ndim != 4:
+            raise ValueError(f"expected (B, C, H, W), got {tuple(x.shape)}")
+        if x.shape[1] != self.in_chans:
+            raise ValueError(f"expected {self.in_chans} input channels, got {x.shape[1]}")
+        b = x.shape[0]
+        grid = self.grid_for(*x.shape[-2:])
+        regions = grid.nest(x)  # (B*R, C, r, r)
+        last_stage = len(self.region_encoder.channels) - 1
+        stages = tuple(sorted(set(stages) | {last_stage}))
+        if region_mask is None:
+            feats = self.encode_regions(regions, stages=stages)
+        else:
+            region_mask = region_mask.to(device=x.device, dtype=torch.bool).reshape(b, grid.num_regions)
+            feats = self._encode_masked(regions, region_mask.flatten(), stages)
+        feats[-1] = self._apply_context(feats[-1], grid, b, region_mask)
+        return grid, [feats[stages.index(s)] for s in stages]
+
+    def _encode_masked(self, regions: Tensor, valid: Tensor, stages: tuple[int, ...]) -> list[Tensor]:
+        keep = valid.nonzero().squeeze(1)
+        feats = self.encode_regions(regions.index_select(0, keep), stages=stages) if keep.numel() else None
+        out = []
+        for i, s in enumerate(stages):
+            side = self.region_size // self.region_encoder.reductions[s]
+            full = regions.new_zeros(regions.shape[0], self.region_encoder.channels[s], side, side)
+            out.append(full if feats is None else full.index_copy(0, keep, feats[i]))
+        return out
+
+    def forward_features(self, x: Tensor, region_mask: Tensor | None = None) -> Tensor:
+        """Last-stage map with context, stitched over the image.
+
+        Args:
+            x: (B, C, H, W) image, any H and W.
+            region_mask: optional (B, R) bool, False for regions to skip (no tissue, nodata).
+
+        Returns:
+            (B, C_last, ceil(H / 32), ceil(W / 32)).
+        """
+        last = len(self.region_encoder.channels) - 1
+        grid, feats = self._pyramid(x, [last], region_mask)
+        return grid.unnest(feats[-1], x.shape[0], crop_stride=self.last_stride)
+
+    def token_weights(self, grid: RegionGrid, batch: int, region_mask: Tensor | None, device=None) -> Tensor:
+        """(B, 1, h, w) weights for pooling the cropped last-stage map (0 on skipped regions)."""
+        side = self.region_size // self.last_stride
+        mask = torch.ones(batch, grid.num_regions, device=device) if region_mask is None else region_mask.float()
+        maps = mask.reshape(batch * grid.num_regions, 1, 1, 1).expand(-1, 1, side, side)
+        return grid.unnest(maps.contiguous(), batch, crop_stride=self.last_stride)
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        """Classify a (B, C, h, w) map (mean-pooled) or already pooled (B, C) features."""
+        pooled = masked_mean(x) if x.ndim == 4 else x
+        return self.head(pooled, pre_logits=pre_logits)
+
+    def forward(self, x: Tensor, region_mask: Tensor | None = None) -> Tensor:
+        """Image-level output: (B, num_classes), or (B, C) pooled features without a classifier."""
+        feat = self.forward_features(x, region_mask)
+        if region_mask is None:
+            return self.forward_head(feat)
+        grid = self.grid_for(*x.shape[-2:])
+        weights = self.token_weights(grid, x.shape[0], region_mask.reshape(x.shape[0], -1), x.device)
+        return self.forward_head(masked_mean(feat, weights))
+
+    def forward_intermediates(
+        self,
+        x: Tensor,
+        indices: int | Sequence[int] | None = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> list[Tensor] | tuple[Tensor, list[Tensor]]:
+        """Feature pyramid stitched over the whole image (timm's ``forward_intermediates``).
+
+        Args:
+            x: (B, C, H, W).
+            indices: stages to return (int: last n; None: all).
+            norm: unused (kept for timm compatibility).
+            stop_early: unused (the last stage is always computed for context).
+            output_fmt: ``NCHW`` or ``NHWC``.
+            intermediates_only: return only the list of maps.
+
+        Returns:
+            Maps at strides 4, 8, 16, 32 (cropped to ``ceil(H / s)``), the last one with
+            context; with ``intermediates_only=False`` also the last map first.
+        """
+        from timm.models._features import feature_take_indices
+
+        take, _ = feature_take_indices(len(self.feature_info), indices)
+        grid, feats = self._pyramid(x, take)
+        all_stages = sorted(set(take) | {len(self.feature_info) - 1})
+        maps = {s: grid.unnest(f, x.shape[0], crop_stride=self.feature_info[s]["reduction"]) for s, f in zip(all_stages, feats, strict=True)}
+        out = [maps[s] for s in take]
+        if output_fmt == "NHWC":
+            out = [o.permute(0, 2, 3, 1) for o in out]
+        if intermediates_only:
+            return out
+        return maps[all_stages[-1]], out
+
+    def prune_intermediate_layers(
+        self, indices: int | Sequence[int] = 1, prune_norm: bool = False, prune_head: bool = True
+    ) -> list[int]:
+        """timm hook for feature extraction: drops the classifier; returns the stage indices."""
+        from timm.models._features import feature_take_indices
+
+        take, _ = feature_take_indices(len(self.feature_info), indices)
+        if prune_head:
+            self.reset_classifier(0)
+        return take
+
+    def get_classifier(self) -> nn.Module:
+        """The final linear layer (Identity when there is none)."""
+        return self.head.fc
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """Replace the classifier with one of ``num_classes`` outputs (0 removes it)."""
+        self.head.reset(num_classes)
+        self.num_classes = num_classes
