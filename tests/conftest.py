@@ -20,7 +20,9 @@ TINY_BACKBONES: dict[str, dict] = {
     "hiera_base": dict(embed_dim=24, num_heads=1, stages=(1, 1, 1, 1)),
 }
 #: Tiny context encoders: one layer, short segments.
-TINY_CONTEXT = dict(depth=1, segment_len=8, mem_len=16, d_state=8, exact_threshold=64, block_size=16, sample_size=8)
+TINY_CONTEXT = dict(
+    depth=1, segment_len=8, mem_len=16, d_state=8, exact_threshold=64, block_size=16, sample_size=8
+)
 
 
 def tiny_model(backbone: str = "convnext_tiny", context: str = "mamba", **kwargs):

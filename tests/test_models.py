@@ -13,7 +13,14 @@ def test_every_name_is_registered_with_timm():
     names = set(timm.list_models("xt_*"))
     expected = {
         f"xt_{b}_{c}"
-        for b in ("swinv2_tiny", "swinv2_small", "swinv2_base", "convnext_tiny", "convnext_base", "hiera_base")
+        for b in (
+            "swinv2_tiny",
+            "swinv2_small",
+            "swinv2_base",
+            "convnext_tiny",
+            "convnext_base",
+            "hiera_base",
+        )
         for c in ("none", "txl", "hyper", "mamba")
     }
     assert expected <= names
@@ -23,8 +30,13 @@ def test_every_name_is_registered_with_timm():
 @pytest.mark.parametrize("backbone", sorted(TINY_BACKBONES))
 def test_timm_create_model_classification(backbone):
     model = timm.create_model(
-        f"xt_{backbone}_mamba", num_classes=4, in_chans=2, pretrained=False,
-        region_size=64, context_kwargs=TINY_CONTEXT, **TINY_BACKBONES[backbone],
+        f"xt_{backbone}_mamba",
+        num_classes=4,
+        in_chans=2,
+        pretrained=False,
+        region_size=64,
+        context_kwargs=TINY_CONTEXT,
+        **TINY_BACKBONES[backbone],
     ).eval()
     assert model.pretrained_cfg["classifier"] == "head.fc"
     x = torch.randn(1, 2, 100, 90)
@@ -59,7 +71,9 @@ def test_full_size_names_build_on_meta():
 
 def test_smp_unet_with_xt_encoder():
     smp = pytest.importorskip("segmentation_models_pytorch")
-    net = smp.Unet(encoder_name="tu-xt_swinv2_tiny_txl", encoder_weights=None, in_channels=2, classes=2).eval()
+    net = smp.Unet(
+        encoder_name="tu-xt_swinv2_tiny_txl", encoder_weights=None, in_channels=2, classes=2
+    ).eval()
     with torch.no_grad():
         out = net(torch.randn(1, 2, 256, 512))
     assert out.shape == (1, 2, 256, 512)
@@ -68,7 +82,9 @@ def test_smp_unet_with_xt_encoder():
 def test_torchgeo_stock_classification_trains():
     from torchgeo.trainers import ClassificationTask
 
-    task = ClassificationTask(model="xt_convnext_tiny_mamba", in_channels=3, num_classes=2, loss="ce", lr=1e-3)
+    task = ClassificationTask(
+        model="xt_convnext_tiny_mamba", in_channels=3, num_classes=2, loss="ce", lr=1e-3
+    )
     assert isinstance(task.model, xt_plugins.XTModel)
     opt = task.configure_optimizers()["optimizer"]
     batch = {"image": torch.randn(2, 3, 256, 512), "label": torch.tensor([0, 1])}

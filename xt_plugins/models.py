@@ -81,7 +81,11 @@ def create_model(
     model_kwargs = {k: region_kwargs.pop(k) for k in _MODEL_KWARGS if k in region_kwargs}
     region_kwargs.pop("global_pool", None)
     backbone = BACKBONES.get(region_encoder, region_encoder)
-    weights = None if isinstance(pretrained_region, bool) or pretrained_region is None else pretrained_region
+    weights = (
+        None
+        if isinstance(pretrained_region, bool) or pretrained_region is None
+        else pretrained_region
+    )
     encoder = RegionEncoder(
         backbone,
         region_size=region_size,
@@ -90,7 +94,9 @@ def create_model(
         weights=weights,
         **region_kwargs,
     )
-    return XTModel(encoder, context, num_classes=num_classes, context_pool=context_pool, **model_kwargs)
+    return XTModel(
+        encoder, context, num_classes=num_classes, context_pool=context_pool, **model_kwargs
+    )
 
 
 def model_names() -> list[str]:
@@ -117,7 +123,9 @@ def _cfg(backbone: str, context: str) -> dict[str, Any]:
     }
 
 
-default_cfgs = generate_default_cfgs({f"xt_{b}_{c}": _cfg(b, c) for b in BACKBONES for c in CONTEXTS})
+default_cfgs = generate_default_cfgs(
+    {f"xt_{b}_{c}": _cfg(b, c) for b in BACKBONES for c in CONTEXTS}
+)
 
 
 def _build(backbone: str, context: str, **kwargs: Any) -> XTModel:
@@ -125,7 +133,7 @@ def _build(backbone: str, context: str, **kwargs: Any) -> XTModel:
 
 
 def _create_xt(variant: str, pretrained: bool = False, **kwargs: Any) -> XTModel:
-    """timm builder: ``pretrained`` means the region encoder's timm weights (there are no xT ones)."""
+    """Build through timm; ``pretrained`` means the region encoder's timm weights."""
     _, _, rest = variant.partition("xt_")
     backbone, _, context = rest.rpartition("_")
     kwargs.setdefault("pretrained_region", pretrained or None)

@@ -42,9 +42,11 @@ def test_none_equals_backbone_on_each_region(backbone):
     for o, f, s in zip(ours, per_region, (4, 8, 16, 32), strict=True):
         assert torch.allclose(o, grid.unnest(f, 2, crop_stride=s), atol=1e-6)
     # and the timm backbone built independently with the same weights agrees
-    plain = timm.create_model(
-        xt_plugins.BACKBONES[backbone], features_only=True, img_size=64, **kw
-    ) if backbone != "convnext_tiny" else timm.create_model("convnext_tiny", features_only=True, **kw)
+    plain = (
+        timm.create_model(xt_plugins.BACKBONES[backbone], features_only=True, img_size=64, **kw)
+        if backbone != "convnext_tiny"
+        else timm.create_model("convnext_tiny", features_only=True, **kw)
+    )
     plain.load_state_dict(ref_backbone.state_dict())
     plain.eval()
     with torch.no_grad():
@@ -64,11 +66,15 @@ def _last_region_output(model, x):
 def test_first_region_reaches_last_region(context):
     # 9 regions x 4 tokens in segments of 8 tokens: for txl, region 0 reaches region 8 only
     # through the memory of earlier segments (mem_len covers the sequence)
-    model = tiny_model("convnext_tiny", context, context_kwargs={**TINY_CONTEXT, "mem_len": 64}).eval()
+    model = tiny_model(
+        "convnext_tiny", context, context_kwargs={**TINY_CONTEXT, "mem_len": 64}
+    ).eval()
     x = torch.randn(1, 3, 192, 192)  # 3 x 3 regions, 4 tokens each
     y = x.clone()
     y[..., :64, :64] += 3.0 * torch.randn(1, 3, 64, 64)
-    changed = not torch.allclose(_last_region_output(model, x), _last_region_output(model, y), atol=1e-5)
+    changed = not torch.allclose(
+        _last_region_output(model, x), _last_region_output(model, y), atol=1e-5
+    )
     assert changed == (context != "none")
 
 
@@ -95,7 +101,9 @@ def test_gradients_reach_region_encoder_first_layer(context):
     first = next(p for p in model.region_encoder.parameters())
     assert first.grad is not None and first.grad.abs().sum() > 0
     if context != "none":
-        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.context.parameters())
+        assert any(
+            p.grad is not None and p.grad.abs().sum() > 0 for p in model.context.parameters()
+        )
 
 
 @pytest.mark.parametrize("backbone", sorted(TINY_BACKBONES))
@@ -138,7 +146,12 @@ def test_region_weights_from_safetensors_and_torch(tmp_path):
         assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(got, expected, strict=True))
     # RGB weights into a 2-band (SAR) encoder: the stem is adapted, not refused
     xt_plugins.create_model(
-        "convnext_tiny", "none", region_size=64, in_chans=2, pretrained_region=tmp_path / "w.safetensors", **kw
+        "convnext_tiny",
+        "none",
+        region_size=64,
+        in_chans=2,
+        pretrained_region=tmp_path / "w.safetensors",
+        **kw,
     )
 
 
@@ -148,8 +161,15 @@ def test_region_weights_errors_name_file_and_keys(tmp_path):
     state.pop("stem.0.weight")
     state["extra.weight"] = torch.zeros(1)
     torch.save(state, tmp_path / "bad.pt")
-    with pytest.raises(RegionWeightsError, match=r"bad\.pt(.|\n)*missing keys: stem_0\.weight(.|\n)*unexpected keys: extra\.weight"):
-        xt_plugins.create_model("convnext_tiny", "none", region_size=64, pretrained_region=tmp_path / "bad.pt", **kw)
+    with pytest.raises(
+        RegionWeightsError,
+        match=r"bad\.pt(.|\n)*missing keys: stem_0\.weight(.|\n)*unexpected keys: extra\.weight",
+    ):
+        xt_plugins.create_model(
+            "convnext_tiny", "none", region_size=64, pretrained_region=tmp_path / "bad.pt", **kw
+        )
     torch.save({"weights": object()}, tmp_path / "pickle.pt")
     with pytest.raises(RegionWeightsError, match="weights_only=True"):
-        xt_plugins.create_model("convnext_tiny", "none", region_size=64, pretrained_region=tmp_path / "pickle.pt", **kw)
+        xt_plugins.create_model(
+            "convnext_tiny", "none", region_size=64, pretrained_region=tmp_path / "pickle.pt", **kw
+        )

@@ -59,5 +59,3 @@ class ClassifierHead(nn.Module):
         """Classify pooled (B, C) features (or return them normalised with ``pre_logits``)."""
         x = self.drop(self.norm(pooled))
         return x if pre_logits else self.fc(x)
-
-

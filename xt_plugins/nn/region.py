@@ -116,25 +116,40 @@ def load_region_weights(backbone: nn.Module, path: str | Path) -> None:
             if value.ndim == 4 and ref.ndim == 4 and value.shape[0] == ref.shape[0]:
                 value = adapt_input_conv(ref.shape[1], value)
             if value.shape != ref.shape:
-                mismatched.append(f"{key}: file {tuple(ckpt[src_key].shape)} != model {tuple(ref.shape)}")
+                mismatched.append(
+                    f"{key}: file {tuple(ckpt[src_key].shape)} != model {tuple(ref.shape)}"
+                )
                 continue
         loaded[key] = value
     pruned = re.compile(r"^(head|fc|classifier|norm|head_drop|pre_logits|global_pool)\b")
     unexpected = sorted(k for k in ckpt if k not in used and not pruned.match(k))
     if missing or unexpected or mismatched:
         lines = [f"{path}: region weights do not fit the region encoder"]
-        for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape", mismatched)):
+        for label, keys in (
+            ("missing", missing),
+            ("unexpected", unexpected),
+            ("shape", mismatched),
+        ):
             if keys:
-                shown = ", ".join(keys[:12]) + (f", ... ({len(keys)} in all)" if len(keys) > 12 else "")
+                shown = ", ".join(keys[:12]) + (
+                    f", ... ({len(keys)} in all)" if len(keys) > 12 else ""
+                )
                 lines.append(f"  {label} keys: {shown}")
         raise RegionWeightsError("\n".join(lines))
     backbone.load_state_dict(loaded, strict=True)
 
 
 def _create_backbone(
-    name: str, region_size: int, in_chans: int, pretrained: bool, out_indices: Sequence[int], kwargs: dict
+    name: str,
+    region_size: int,
+    in_chans: int,
+    pretrained: bool,
+    out_indices: Sequence[int],
+    kwargs: dict,
 ) -> nn.Module:
-    kw = dict(features_only=True, pretrained=pretrained, in_chans=in_chans, out_indices=tuple(out_indices))
+    kw = dict(
+        features_only=True, pretrained=pretrained, in_chans=in_chans, out_indices=tuple(out_indices)
+    )
     kw.update(kwargs)
     if "img_size" not in kwargs:
         try:  # transformers (Swin-V2, Hiera) need the region size; CNNs reject the argument
@@ -174,7 +189,9 @@ class RegionEncoder(nn.Module):
         self.backbone_name = backbone
         self.region_size = region_size
         self.in_chans = in_chans
-        self.backbone = _create_backbone(backbone, region_size, in_chans, pretrained, out_indices, kwargs)
+        self.backbone = _create_backbone(
+            backbone, region_size, in_chans, pretrained, out_indices, kwargs
+        )
         self.channels_last = str(getattr(self.backbone, "output_fmt", "NCHW")).endswith("NHWC")
         self.channels: list[int] = list(self.backbone.feature_info.channels())
         self.reductions: list[int] = list(self.backbone.feature_info.reduction())

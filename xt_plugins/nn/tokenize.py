@@ -88,11 +88,17 @@ class RegionGrid:
         Returns:
             (R,) float tensor in (0, 1].
         """
-        hs = torch.tensor([min(self.region, self.height - r * self.region) for r in range(self.rows)])
-        ws = torch.tensor([min(self.region, self.width - c * self.region) for c in range(self.cols)])
+        hs = torch.tensor(
+            [min(self.region, self.height - r * self.region) for r in range(self.rows)]
+        )
+        ws = torch.tensor(
+            [min(self.region, self.width - c * self.region) for c in range(self.cols)]
+        )
         return (hs[:, None] * ws[None, :]).flatten().float() / float(self.region**2)
 
-    def token_coords(self, tokens_per_side: int, device: torch.device | str | None = None) -> Tensor:
+    def token_coords(
+        self, tokens_per_side: int, device: torch.device | str | None = None
+    ) -> Tensor:
         """Global (row, col) of each context token when every region gives k x k tokens.
 
         Tokens are ordered region by region (scan order), and row-major inside a region.
@@ -150,7 +156,9 @@ class RegionGrid:
         out = feats.reshape(batch, self.rows, self.cols, c, h, w).permute(0, 3, 1, 4, 2, 5)
         out = out.reshape(batch, c, self.rows * h, self.cols * w)
         if crop_stride is not None:
-            out = out[..., : math.ceil(self.height / crop_stride), : math.ceil(self.width / crop_stride)]
+            out = out[
+                ..., : math.ceil(self.height / crop_stride), : math.ceil(self.width / crop_stride)
+            ]
         return out
 
     def _check_image(self, x: Tensor) -> None:

@@ -81,7 +81,9 @@ class XTModel(nn.Module):
         self.last_stride = region_encoder.reductions[-1]
         last_side = self.region_size // self.last_stride
         if context_pool is not None and not 0 < context_pool <= last_side:
-            raise ValueError(f"context_pool must be in 1..{last_side} for these regions, got {context_pool}")
+            raise ValueError(
+                f"context_pool must be in 1..{last_side} for these regions, got {context_pool}"
+            )
         dim = context_dim or channels
         if context == "none":
             self.context_in: nn.Module = nn.Identity()
@@ -95,7 +97,9 @@ class XTModel(nn.Module):
         self.num_classes = num_classes
         self.feature_info = [
             dict(num_chs=c, reduction=s, module=f"region_encoder.stages.{i}")
-            for i, (c, s) in enumerate(zip(region_encoder.channels, region_encoder.reductions, strict=True))
+            for i, (c, s) in enumerate(
+                zip(region_encoder.channels, region_encoder.reductions, strict=True)
+            )
         ]
 
     # ------------------------------------------------------------------ geometry
@@ -139,46 +143,56 @@ class XTModel(nn.Module):
             if num_regions is None:
                 raise ValueError("num_regions is required when regions is a loader")
             n, load = num_regions, regions
-        stages = tuple(range(len(self.region_encoder.channels))) if stages is None else tuple(stages)
+        stages = (
+            tuple(range(len(self.region_encoder.channels))) if stages is None else tuple(stages)
+        )
+        return list(self.map_regions(lambda idx: self._encode_stages(load, idx, stages), n))
+
+    def map_regions(self, fn: Callable[[Tensor], tuple[Tensor, ...]], n: int) -> tuple[Tensor, ...]:
+        """Apply ``fn`` to region indices in chunks; concatenate its outputs in region order.
+
+        This is where ``region_chunk`` (chunks of at most that many regions),
+        ``checkpoint_regions`` (each chunk recomputed in the backward pass) and ``grad_ratio``
+        (in training, a random subset of regions keeps gradients; the rest run without and
+        are put back in their original order) take effect.
+
+        Args:
+            fn: maps (n_chunk,) long region indices to a tuple of (n_chunk, ...) tensors.
+            n: number of regions.
+
+        Returns:
+            The concatenated tuple, each (n, ...).
+        """
         device = next(self.parameters()).device
-        order = torch.arange(n, device=device)
         grad_on = torch.is_grad_enabled()
+        parts = [(torch.arange(n, device=device), grad_on)]
         if grad_on and self.training and self.grad_ratio < 1.0:
             perm = torch.randperm(n, device=device)
             n_grad = max(1, math.ceil(n * self.grad_ratio))
-            with_grad = perm[:n_grad].sort().values
-            without = perm[n_grad:].sort().values
-            parts = [(with_grad, True), (without, False)]
-        else:
-            parts = [(order, grad_on)]
-        outs: list[list[Tensor]] = [[] for _ in stages]
-        idx_done: list[Tensor] = []
+            parts = [(perm[:n_grad].sort().values, True), (perm[n_grad:].sort().values, False)]
+        chunk = self.region_chunk or max(n, 1)
+        outs: list[tuple[Tensor, ...]] = []
+        done: list[Tensor] = []
         for idx, keep_grad in parts:
-            if idx.numel() == 0:
-                continue
             with torch.set_grad_enabled(keep_grad):
-                for feats in self._encode_chunks(load, idx, stages, keep_grad):
-                    for out, f in zip(outs, feats, strict=True):
-                        out.append(f)
-            idx_done.append(idx)
-        cat = [torch.cat(o, dim=0) for o in outs]
-        if len(idx_done) == 1:
+                for start in range(0, idx.numel(), chunk):
+                    sub = idx[start : start + chunk]
+                    if keep_grad and self.checkpoint_regions:
+                        outs.append(checkpoint(fn, sub, use_reentrant=False))
+                    else:
+                        outs.append(fn(sub))
+                    done.append(sub)
+        cat = tuple(torch.cat(group, dim=0) for group in zip(*outs, strict=True))
+        if len(parts) == 1:
             return cat
         # Put regions back in scan order (differentiable for the rows that kept gradients).
         inverse = torch.empty(n, dtype=torch.long, device=device)
-        inverse[torch.cat(idx_done)] = torch.arange(n, device=device)
-        return [c.index_select(0, inverse) for c in cat]
+        inverse[torch.cat(done)] = torch.arange(n, device=device)
+        return tuple(c.index_select(0, inverse) for c in cat)
 
-    def _encode_chunks(self, load: RegionLoader, idx: Tensor, stages: tuple[int, ...], grad: bool):
-        chunk = self.region_chunk or idx.numel()
-        for start in range(0, idx.numel(), chunk):
-            sub = idx[start : start + chunk]
-            if grad and self.checkpoint_regions:
-                yield checkpoint(self._encode_stages, load, sub, stages, use_reentrant=False)
-            else:
-                yield self._encode_stages(load, sub, stages)
-
-    def _encode_stages(self, load: RegionLoader, idx: Tensor, stages: tuple[int, ...]) -> tuple[Tensor, ...]:
+    def _encode_stages(
+        self, load: RegionLoader, idx: Tensor, stages: tuple[int, ...]
+    ) -> tuple[Tensor, ...]:
         device = next(self.parameters()).device
         feats = self.region_encoder(load(idx).to(device))
         return tuple(feats[s] for s in stages)
@@ -214,7 +228,9 @@ class XTModel(nn.Module):
             ctx = F.interpolate(ctx, size=(h, w), mode="nearest")
         return last + ctx
 
-    def _apply_context(self, last: Tensor, grid: RegionGrid, batch: int, region_mask: Tensor | None) -> Tensor:
+    def _apply_context(
+        self, last: Tensor, grid: RegionGrid, batch: int, region_mask: Tensor | None
+    ) -> Tensor:
         if self.context_out is None:
             return last
         k2 = self.tokens_per_side**2
@@ -247,14 +263,22 @@ class XTModel(nn.Module):
         if region_mask is None:
             feats = self.encode_regions(regions, stages=stages)
         else:
-            region_mask = region_mask.to(device=x.device, dtype=torch.bool).reshape(b, grid.num_regions)
+            region_mask = region_mask.to(device=x.device, dtype=torch.bool).reshape(
+                b, grid.num_regions
+            )
             feats = self._encode_masked(regions, region_mask.flatten(), stages)
         feats[-1] = self._apply_context(feats[-1], grid, b, region_mask)
         return grid, [feats[stages.index(s)] for s in stages]
 
-    def _encode_masked(self, regions: Tensor, valid: Tensor, stages: tuple[int, ...]) -> list[Tensor]:
+    def _encode_masked(
+        self, regions: Tensor, valid: Tensor, stages: tuple[int, ...]
+    ) -> list[Tensor]:
         keep = valid.nonzero().squeeze(1)
-        feats = self.encode_regions(regions.index_select(0, keep), stages=stages) if keep.numel() else None
+        feats = (
+            self.encode_regions(regions.index_select(0, keep), stages=stages)
+            if keep.numel()
+            else None
+        )
         out = []
         for i, s in enumerate(stages):
             side = self.region_size // self.region_encoder.reductions[s]
@@ -276,10 +300,16 @@ class XTModel(nn.Module):
         grid, feats = self._pyramid(x, [last], region_mask)
         return grid.unnest(feats[-1], x.shape[0], crop_stride=self.last_stride)
 
-    def token_weights(self, grid: RegionGrid, batch: int, region_mask: Tensor | None, device=None) -> Tensor:
+    def token_weights(
+        self, grid: RegionGrid, batch: int, region_mask: Tensor | None, device=None
+    ) -> Tensor:
         """(B, 1, h, w) weights for pooling the cropped last-stage map (0 on skipped regions)."""
         side = self.region_size // self.last_stride
-        mask = torch.ones(batch, grid.num_regions, device=device) if region_mask is None else region_mask.float()
+        mask = (
+            torch.ones(batch, grid.num_regions, device=device)
+            if region_mask is None
+            else region_mask.float()
+        )
         maps = mask.reshape(batch * grid.num_regions, 1, 1, 1).expand(-1, 1, side, side)
         return grid.unnest(maps.contiguous(), batch, crop_stride=self.last_stride)
 
@@ -294,7 +324,9 @@ class XTModel(nn.Module):
         if region_mask is None:
             return self.forward_head(feat)
         grid = self.grid_for(*x.shape[-2:])
-        weights = self.token_weights(grid, x.shape[0], region_mask.reshape(x.shape[0], -1), x.device)
+        weights = self.token_weights(
+            grid, x.shape[0], region_mask.reshape(x.shape[0], -1), x.device
+        )
         return self.forward_head(masked_mean(feat, weights))
 
     def forward_intermediates(
@@ -325,7 +357,10 @@ class XTModel(nn.Module):
         take, _ = feature_take_indices(len(self.feature_info), indices)
         grid, feats = self._pyramid(x, take)
         all_stages = sorted(set(take) | {len(self.feature_info) - 1})
-        maps = {s: grid.unnest(f, x.shape[0], crop_stride=self.feature_info[s]["reduction"]) for s, f in zip(all_stages, feats, strict=True)}
+        maps = {
+            s: grid.unnest(f, x.shape[0], crop_stride=self.feature_info[s]["reduction"])
+            for s, f in zip(all_stages, feats, strict=True)
+        }
         out = [maps[s] for s in take]
         if output_fmt == "NHWC":
             out = [o.permute(0, 2, 3, 1) for o in out]
@@ -336,7 +371,7 @@ class XTModel(nn.Module):
     def prune_intermediate_layers(
         self, indices: int | Sequence[int] = 1, prune_norm: bool = False, prune_head: bool = True
     ) -> list[int]:
-        """timm hook for feature extraction: drops the classifier; returns the stage indices."""
+        """Prepare for timm feature extraction: drops the classifier; returns the stage indices."""
         from timm.models._features import feature_take_indices
 
         take, _ = feature_take_indices(len(self.feature_info), indices)

@@ -148,5 +148,3 @@ def num_heads_for(dim: int, head_dim: int = 32) -> int:
     while dim % heads:
         heads -= 1
     return heads
-
-

@@ -82,12 +82,16 @@ class TransformerXLContext(ContextEncoder):
     ) -> None:
         super().__init__(dim)
         if segment_len <= 0 or mem_len < 0:
-            raise ValueError(f"segment_len must be > 0 and mem_len >= 0, got {segment_len}, {mem_len}")
+            raise ValueError(
+                f"segment_len must be > 0 and mem_len >= 0, got {segment_len}, {mem_len}"
+            )
         self.segment_len = segment_len
         self.mem_len = mem_len
         self.pos = nn.Linear(dim, dim)
         heads = num_heads or num_heads_for(dim)
-        self.layers = nn.ModuleList(MemoryAttentionBlock(dim, heads, mlp_ratio) for _ in range(depth))
+        self.layers = nn.ModuleList(
+            MemoryAttentionBlock(dim, heads, mlp_ratio) for _ in range(depth)
+        )
         self.norm = nn.LayerNorm(dim)
         trunc_normal_init(self)
 

@@ -1,0 +1,507 @@
+"""Bounded-memory inference and training over lazy image sources.
+
+The region encoder runs on batches of regions read from the source (reading overlaps compute
+through a background thread); only each region's context tokens and the sum of its last-stage
+tokens are kept. The image-level output is then exact: pooling is linear, so
+
+    pooled = sum_r w_r (S_r + sum_c n_rc ctx_rc) / sum_r w_r n_r
+
+where S_r is the sum of region r's valid last-stage tokens, ctx_rc the context added to its
+cell c (covering n_rc valid tokens) and w_r 0 for skipped regions. Peak memory does not grow
+with the image area except through the context token sequence.
+
+A source is any object with ``shape`` (C, H, W) and ``read(y, x, h, w) -> (C, h, w)`` that
+pads outside the image with zeros; ``read_mask(y, x, h, w)`` (True on real pixels, or None)
+is used when present. :func:`xt_plugins.io.open_image` makes one from arrays, zarr, GeoTIFFs
+and slides, and a numpy array or tensor works as-is.
+
+.. versionadded:: 0.1
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .tokenize import RegionGrid
+from .xt import XTModel
+
+__all__ = ["StreamResult", "stream_predict", "stream_forward", "cell_counts", "as_source"]
+
+Transform = Callable[[Tensor], Tensor]
+
+
+# ---------------------------------------------------------------------------- sources
+class _TensorSource:
+    """Minimal source over an in-memory (C, H, W) array or tensor."""
+
+    def __init__(self, array: np.ndarray | Tensor) -> None:
+        arr = array.detach().cpu().numpy() if isinstance(array, Tensor) else np.asarray(array)
+        if arr.ndim == 4 and arr.shape[0] == 1:
+            arr = arr[0]
+        if arr.ndim != 3:
+            raise ValueError(f"expected a (C, H, W) image, got shape {arr.shape}")
+        self.array = arr
+        self.shape = tuple(int(s) for s in arr.shape)
+        self.name = "array"
+
+    def read(self, y: int, x: int, h: int, w: int) -> np.ndarray:
+        out = np.zeros((self.shape[0], h, w), dtype=self.array.dtype)
+        y1, x1 = min(y + h, self.shape[1]), min(x + w, self.shape[2])
+        if y1 > y and x1 > x:
+            out[:, : y1 - y, : x1 - x] = self.array[:, y:y1, x:x1]
+        return out
+
+
+def as_source(obj: Any) -> Any:
+    """Return ``obj`` if it already reads windows, else wrap arrays / open files lazily."""
+    if hasattr(obj, "read") and hasattr(obj, "shape"):
+        return obj
+    if isinstance(obj, np.ndarray | Tensor):
+        return _TensorSource(obj)
+    from ..io import open_image  # paths, zarr arrays, memmaps
+
+    return open_image(obj)
+
+
+def _read_region(source: Any, grid: RegionGrid, index: int) -> tuple[np.ndarray, float]:
+    """Read one region (C, r, r), zero outside the image and on nodata; and its valid fraction."""
+    r = grid.region
+    y, x = divmod(index, grid.cols)
+    y, x = y * r, x * r
+    data = np.asarray(source.read(y, x, r, r))
+    mask = source.read_mask(y, x, r, r) if hasattr(source, "read_mask") else None
+    if mask is None:
+        h, w = min(r, grid.height - y), min(r, grid.width - x)
+        return data, h * w / float(r * r)
+    mask = np.asarray(mask, dtype=bool)
+    if not mask.all():
+        data = np.where(mask[None], data, np.zeros((), dtype=data.dtype))
+    return data, float(mask.mean())
+
+
+# ---------------------------------------------------------------------------- geometry
+def cell_counts(model: XTModel, grid: RegionGrid) -> Tensor:
+    """Valid last-stage tokens per context cell of each region (geometry only).
+
+    Token (i, j) of a region gets the context of cell (floor(i k / h), floor(j k / h)) (nearest
+    upsampling in :meth:`XTModel.fuse_context`); tokens beyond ``ceil(H / stride)`` are padding.
+
+    Returns:
+        (R, k * k) float tensor.
+    """
+    h = model.region_size // model.last_stride
+    k = model.tokens_per_side
+    crop_h = -(-grid.height // model.last_stride)
+    crop_w = -(-grid.width // model.last_stride)
+    coords = grid.coords()  # (R, 2)
+    t = torch.arange(h)
+    valid_rows = (coords[:, 0:1] * h + t[None]) < crop_h  # (R, h)
+    valid_cols = (coords[:, 1:2] * h + t[None]) < crop_w  # (R, h)
+    cell = (t * k) // h  # (h,) cell index of each token row / col
+    onehot = torch.nn.functional.one_hot(cell, k).float()  # (h, k)
+    rows = valid_rows.float() @ onehot  # (R, k) valid tokens per cell row
+    cols = valid_cols.float() @ onehot  # (R, k)
+    return (rows[:, :, None] * cols[:, None, :]).reshape(grid.num_regions, k * k)
+
+
+def _summarize(model: XTModel, last: Tensor, counts_valid: Tensor) -> tuple[Tensor, Tensor]:
+    """Context tokens (n, T, C) and valid-token sums (n, C) from last-stage maps (n, C, h, w)."""
+    n, c, h, w = last.shape
+    rows = counts_valid[:, 0]  # (n,) valid token rows per region
+    cols = counts_valid[:, 1]
+    t = torch.arange(h, device=last.device)
+    mask = (t[None, :, None] < rows[:, None, None]) & (t[None, None, :] < cols[:, None, None])
+    region_sum = (last * mask[:, None].to(last.dtype)).sum(dim=(-2, -1))  # (n, C)
+    return model.pool_tokens(last), region_sum
+
+
+def _valid_token_extent(model: XTModel, grid: RegionGrid, idx: Tensor) -> Tensor:
+    """(n, 2) valid token rows / cols of the regions ``idx`` (last-stage crop)."""
+    h = model.region_size // model.last_stride
+    crop = torch.tensor([-(-grid.height // model.last_stride), -(-grid.width // model.last_stride)])
+    coords = grid.coords()[idx.cpu()]
+    return (crop[None] - coords * h).clamp(0, h).to(idx.device)
+
+
+def _pool_image(
+    model: XTModel, region_sum: Tensor, ctx: Tensor, counts: Tensor, weights: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Image-level pooled features (C,) and per-region pooled features (R, C)."""
+    per_region = region_sum + (counts[:, :, None] * ctx).sum(dim=1)  # (R, C)
+    n_valid = counts.sum(dim=1)  # (R,)
+    total = (weights * n_valid).sum().clamp_min(1e-6)
+    pooled = (weights[:, None] * per_region).sum(dim=0) / total
+    return pooled, per_region / n_valid.clamp_min(1e-6)[:, None]
+
+
+def _run_context(model: XTModel, tokens: Tensor, coords: Tensor, chunk_len: int) -> Tensor:
+    """Context over (1, T, C) tokens; Mamba in chunks carrying its state."""
+    if model.context_out is None:
+        return torch.zeros_like(tokens)
+    x = model.context_in(tokens)
+    forward_chunked = getattr(model.context, "forward_chunked", None)
+    if forward_chunked is not None and x.shape[1] > chunk_len:
+        out = forward_chunked(x, coords, chunk_len)
+    else:  # Transformer-XL walks its segments with memory; Hyper is O(N) in memory
+        out, _ = model.context(x, coords)
+    return model.context_out(out)
+
+
+# ---------------------------------------------------------------------------- inference
+@dataclass
+class StreamResult:
+    """What :func:`stream_predict` returns.
+
+    Attributes:
+        logits: image-level output (num_classes,), or pooled features (C,) without a classifier.
+        region_map: the Zarr array of per-region outputs written at ``out`` (None without).
+        grid: the region grid.
+        processed: (R,) bool, regions that were encoded (False: skipped as invalid).
+        region_outputs: (R, num_classes) per-region probabilities (NaN for skipped regions).
+        seconds: wall time.
+        regions_per_second: encoded regions per second (this run).
+    """
+
+    logits: Tensor
+    region_map: Any
+    grid: RegionGrid
+    processed: Tensor
+    region_outputs: Tensor
+    seconds: float
+    regions_per_second: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class _Store:
+    """Per-region encoder results, in memory or in a resumable Zarr group."""
+
+    def __init__(
+        self, out: str | Path | None, meta: dict[str, Any], shape_t: tuple[int, int], resume: bool
+    ):
+        r, (t, c) = meta["num_regions"], shape_t
+        self.group = None
+        if out is None:
+            self.tokens = torch.zeros(r, t, c)
+            self.region_sum = torch.zeros(r, c)
+            self.state = torch.zeros(r, dtype=torch.int8)  # 0 todo, 1 encoded, 2 skipped
+            return
+        import zarr
+
+        path = Path(out)
+        if path.exists() and not resume:
+            raise FileExistsError(
+                f"{path} exists: pass resume=True to continue it, or choose a new out"
+            )
+        group = zarr.open_group(str(path), mode="a")
+        if "state" in group:
+            old = {k: group.attrs.get(k) for k in meta}
+            if old != meta:
+                diff = {k: (old[k], meta[k]) for k in meta if old[k] != meta[k]}
+                raise ValueError(f"{path}: cannot resume, it was written for other settings {diff}")
+        else:
+            group.attrs.update(meta)
+            chunk = max(1, min(r, 256))
+            group.create_array(
+                "tokens", shape=(r, t, c), chunks=(chunk, t, c), dtype="float32", fill_value=0.0
+            )
+            group.create_array(
+                "region_sum", shape=(r, c), chunks=(chunk, c), dtype="float32", fill_value=0.0
+            )
+            group.create_array(
+                "state", shape=(r,), chunks=(max(1, min(r, 4096)),), dtype="int8", fill_value=0
+            )
+        self.group = group
+        self.state = torch.from_numpy(group["state"][:].astype(np.int8))
+
+    def put(self, idx: np.ndarray, tokens: Tensor, region_sum: Tensor) -> None:
+        if self.group is None:
+            self.tokens[idx] = tokens
+            self.region_sum[idx] = region_sum
+        else:
+            self.group["tokens"].oindex[idx] = tokens.numpy()
+            self.group["region_sum"].oindex[idx] = region_sum.numpy()
+            self.group["state"].oindex[idx] = np.ones(len(idx), dtype=np.int8)  # after the data
+        self.state[idx] = 1
+
+    def skip(self, idx: np.ndarray) -> None:
+        if self.group is not None and len(idx):
+            self.group["state"].oindex[idx] = np.full(len(idx), 2, dtype=np.int8)
+        self.state[idx] = 2
+
+    def load(self) -> tuple[Tensor, Tensor]:
+        if self.group is None:
+            return self.tokens, self.region_sum
+        return torch.from_numpy(self.group["tokens"][:]), torch.from_numpy(
+            self.group["region_sum"][:]
+        )
+
+
+def _batches(
+    source: Any,
+    grid: RegionGrid,
+    todo: list[int],
+    batch: int,
+    min_valid: float,
+    workers: int,
+    prefetch: int,
+) -> Iterator[tuple[list[int], list[np.ndarray], list[int]]]:
+    """Yield (kept indices, their crops, skipped indices) with reads running ahead in threads."""
+
+    def read(chunk: list[int]):
+        kept, crops, skipped = [], [], []
+        for i in chunk:
+            data, frac = _read_region(source, grid, i)
+            if frac > min_valid or (min_valid == 0 and frac > 0):
+                kept.append(i)
+                crops.append(data)
+            else:
+                skipped.append(i)
+        return kept, crops, skipped
+
+    chunks = [todo[i : i + batch] for i in range(0, len(todo), batch)]
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="xt-read") as pool:
+        pending: list[Future] = []
+        for chunk in chunks:
+            pending.append(pool.submit(read, chunk))
+            if len(pending) > prefetch:
+                yield pending.pop(0).result()
+        for fut in pending:
+            yield fut.result()
+
+
+def stream_predict(
+    model: XTModel,
+    source: Any,
+    *,
+    region_batch: int = 16,
+    out: str | Path | None = None,
+    progress: bool = True,
+    resume: bool = False,
+    transform: Transform | None = None,
+    region_mask: Tensor | np.ndarray | None = None,
+    min_valid: float = 0.0,
+    dense: bool = False,
+    context_chunk: int = 4096,
+    read_workers: int = 1,
+    prefetch: int = 2,
+    device: torch.device | str | None = None,
+) -> StreamResult:
+    """Predict on an image of any size at bounded memory, region batch by region batch.
+
+    Args:
+        model: an :class:`XTModel` (eval mode is set for the call and restored).
+        source: a lazy image (see module docs), a (C, H, W) array / tensor, or a path.
+        region_batch: regions encoded together.
+        out: a Zarr group path for the per-region results (``tokens``, ``region_sum``,
+            ``state``) and the region map (``probs``, or ``dense``); resumable.
+        progress: show a progress bar (regions/s).
+        resume: continue an interrupted run at ``out`` (its encoded regions are not redone).
+        transform: applied to each (n, C, r, r) float batch (e.g. normalisation).
+        region_mask: (R,) or (rows, cols) bool, False for regions never to read (e.g. no tissue).
+        min_valid: skip regions whose fraction of valid (non-nodata) pixels is not above this.
+        dense: also write per-cell maps (k x k per region) instead of one value per region.
+        context_chunk: tokens per chunk for Mamba's chunked context pass.
+        read_workers: reader threads (1 keeps single-handle readers such as rasterio safe).
+        prefetch: batches read ahead of compute.
+        device: where the model runs (default: the model's device).
+
+    Returns:
+        A :class:`StreamResult`.
+    """
+    from tqdm.auto import tqdm
+
+    source = as_source(source)
+    start = time.perf_counter()
+    _, height, width = (int(s) for s in source.shape)
+    grid = model.grid_for(height, width)
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    k2 = model.tokens_per_side**2
+    meta = dict(
+        num_regions=grid.num_regions,
+        height=height,
+        width=width,
+        region_size=grid.region,
+        tokens=k2,
+        channels=model.num_features,
+        context=model.context_name,
+        num_classes=model.num_classes,
+    )
+    store = _Store(out, meta, (k2, model.num_features), resume)
+    allowed = torch.ones(grid.num_regions, dtype=torch.bool)
+    if region_mask is not None:
+        allowed = torch.as_tensor(np.asarray(region_mask), dtype=torch.bool).reshape(-1)
+        if allowed.numel() != grid.num_regions:
+            raise ValueError(
+                f"region_mask has {allowed.numel()} entries for {grid.num_regions} regions"
+            )
+        store.skip(np.flatnonzero(((~allowed) & (store.state == 0)).numpy()))
+    todo = [int(i) for i in torch.nonzero(store.state == 0).flatten()]
+    was_training = model.training
+    model.eval()
+    encoded = 0
+    bar = tqdm(
+        total=len(todo), unit="region", desc=getattr(source, "name", "image"), disable=not progress
+    )
+    try:
+        with torch.inference_mode():
+            for kept, crops, skipped in _batches(
+                source, grid, todo, region_batch, min_valid, read_workers, prefetch
+            ):
+                store.skip(np.asarray(skipped, dtype=np.int64))
+                if kept:
+                    x = torch.from_numpy(np.stack(crops)).to(device=device, dtype=torch.float32)
+                    if transform is not None:
+                        x = transform(x)
+                    idx = torch.as_tensor(kept, device=device)
+                    last = model.region_encoder(x)[-1]
+                    tokens, region_sum = _summarize(
+                        model, last, _valid_token_extent(model, grid, idx)
+                    )
+                    store.put(np.asarray(kept), tokens.float().cpu(), region_sum.float().cpu())
+                    encoded += len(kept)
+                bar.update(len(kept) + len(skipped))
+            result = _finish(model, grid, store, out, dense, context_chunk, device)
+    finally:
+        bar.close()
+        model.train(was_training)
+    seconds = time.perf_counter() - start
+    result.seconds = seconds
+    result.regions_per_second = encoded / seconds if seconds > 0 else 0.0
+    return result
+
+
+def _finish(
+    model: XTModel,
+    grid: RegionGrid,
+    store: _Store,
+    out: Any,
+    dense: bool,
+    context_chunk: int,
+    device: torch.device,
+) -> StreamResult:
+    tokens, region_sum = store.load()  # (R, T, C), (R, C)
+    processed = store.state == 1
+    weights = processed.float()
+    counts = cell_counts(model, grid)  # (R, T)
+    coords = grid.token_coords(model.tokens_per_side)  # (R*T, 2)
+    keep = processed.repeat_interleave(tokens.shape[1])
+    ctx = torch.zeros_like(tokens).reshape(-1, tokens.shape[-1])
+    if keep.any():
+        seq = tokens.reshape(-1, tokens.shape[-1])[keep][None].to(device)
+        ctx[keep] = (
+            _run_context(model, seq, coords[keep].to(device), context_chunk)[0].float().cpu()
+        )
+    ctx = ctx.reshape(tokens.shape)
+    pooled, per_region = _pool_image(model, region_sum, ctx, counts, weights)
+    logits = model.forward_head(pooled[None].to(device))[0].float().cpu()
+    nc = model.num_classes
+    region_out = torch.full((grid.num_regions, max(nc, 1)), float("nan"))
+    region_map = None
+    if nc > 0:
+        probs = _probabilities(model.forward_head(per_region[processed].to(device)).float().cpu())
+        region_out[processed] = probs
+        if out is not None:
+            region_map = _write_map(store, "probs", region_out.T.reshape(nc, grid.rows, grid.cols))
+            if dense:
+                cells = _probabilities(
+                    model.forward_head((tokens + ctx).reshape(-1, tokens.shape[-1]).to(device))
+                    .float()
+                    .cpu()
+                )
+                cells = cells.reshape(
+                    grid.num_regions, model.tokens_per_side, model.tokens_per_side, nc
+                )
+                cells[~processed] = float("nan")
+                k = model.tokens_per_side
+                dense_map = cells.reshape(grid.rows, grid.cols, k, k, nc).permute(4, 0, 2, 1, 3)
+                region_map = _write_map(
+                    store, "dense", dense_map.reshape(nc, grid.rows * k, grid.cols * k)
+                )
+    return StreamResult(logits, region_map, grid, processed, region_out, 0.0, 0.0)
+
+
+def _probabilities(logits: Tensor) -> Tensor:
+    return torch.sigmoid(logits) if logits.shape[-1] == 1 else torch.softmax(logits, dim=-1)
+
+
+def _write_map(store: _Store, name: str, values: Tensor) -> Any:
+    group = store.group
+    if name in group:
+        del group[name]
+    chunks = (values.shape[0], min(values.shape[1], 512), min(values.shape[2], 512))
+    arr = group.create_array(
+        name, shape=tuple(values.shape), chunks=chunks, dtype="float32", fill_value=float("nan")
+    )
+    arr[:] = values.numpy()
+    return arr
+
+
+# ---------------------------------------------------------------------------- training
+def stream_forward(
+    model: XTModel,
+    source: Any,
+    *,
+    transform: Transform | None = None,
+    region_mask: Tensor | np.ndarray | None = None,
+) -> Tensor:
+    """Image-level output with gradients, reading regions lazily (training at bounded memory).
+
+    Regions are read from ``source`` inside the region encoder's chunks, so with
+    ``model.checkpoint_regions`` only each region's context tokens and token sum stay alive
+    between forward and backward (the chunk is re-read and recomputed in the backward pass).
+    ``model.region_chunk`` and ``model.grad_ratio`` apply. Equals ``model(x)`` (same grads).
+
+    Args:
+        model: the model (its train / eval mode is respected).
+        source: lazy image, (C, H, W) array / tensor, or a path.
+        transform: applied to each (n, C, r, r) float batch.
+        region_mask: (R,) bool, False for regions to skip.
+
+    Returns:
+        (num_classes,) logits (or (C,) pooled features without a classifier).
+    """
+    source = as_source(source)
+    _, height, width = (int(s) for s in source.shape)
+    grid = model.grid_for(height, width)
+    device = next(model.parameters()).device
+    allowed = torch.ones(grid.num_regions, dtype=torch.bool)
+    if region_mask is not None:
+        allowed = torch.as_tensor(np.asarray(region_mask), dtype=torch.bool).reshape(-1)
+    keep = torch.nonzero(allowed).flatten()
+    extent = _valid_token_extent(model, grid, torch.arange(grid.num_regions))
+
+    def load(sub: Tensor) -> Tensor:
+        regions = keep[sub.cpu()]
+        crops = np.stack([_read_region(source, grid, int(i))[0] for i in regions])
+        x = torch.from_numpy(crops).to(device=device, dtype=torch.float32)
+        return transform(x) if transform is not None else x
+
+    def summarize(sub: Tensor) -> tuple[Tensor, Tensor]:
+        last = model.region_encoder(load(sub))[-1]
+        return _summarize(model, last, extent[keep[sub.cpu()]].to(device))
+
+    tokens, region_sum = model.map_regions(summarize, keep.numel())
+    k2 = tokens.shape[1]
+    coords = (
+        grid.token_coords(model.tokens_per_side)
+        .reshape(grid.num_regions, k2, 2)[keep]
+        .reshape(-1, 2)
+    )
+    if model.context_out is None:
+        ctx = torch.zeros_like(tokens)
+    else:
+        ctx = model.contextualize(
+            tokens.reshape(1, -1, tokens.shape[-1]), coords.to(device)
+        ).reshape(tokens.shape)
+    counts = cell_counts(model, grid)[keep].to(device)
+    pooled, _ = _pool_image(model, region_sum, ctx, counts, torch.ones(keep.numel(), device=device))
+    return model.forward_head(pooled[None])[0]
