@@ -1,0 +1,237 @@
+"""GeoTIFF (any GDAL raster) source through rasterio windows.
+
+.. versionadded:: 0.1
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from .base import ImageSource, existing_path, nodata_mask
+from .errors import ImageReadError
+
+__all__ = ["RasterSource"]
+
+
+def _cause(exc: BaseException) -> str:
+    """GDAL's own message: rasterio puts it in the chained exception ("see previous...")."""
+    inner = exc.__cause__ or exc.__context__
+    return str(inner) if inner is not None and str(inner) else str(exc)
+
+
+def _read_errors() -> tuple[type[BaseException], ...]:
+    from rasterio._err import CPLE_BaseError
+    from rasterio.errors import RasterioError
+
+    return (RasterioError, CPLE_BaseError)
+
+
+def _band_indexes(bands: int | Sequence[int] | None, count: int, path: str) -> list[int]:
+    """Validated 1-based band indexes."""
+    if bands is None:
+        return list(range(1, count + 1))
+    indexes = [bands] if isinstance(bands, int | np.integer) else list(bands)
+    if not indexes:
+        raise ValueError(f"{path}: bands is empty; pass None for all {count} band(s)")
+    for b in indexes:
+        if not isinstance(b, int | np.integer) or not 1 <= b <= count:
+            raise ValueError(
+                f"{path}: band {b!r} is out of range: the file has {count} band(s) "
+                f"(1-based like rasterio: 1..{count})"
+            )
+    return [int(b) for b in indexes]
+
+
+class RasterSource(ImageSource):
+    """A GeoTIFF (or any raster GDAL reads) read window by window through rasterio.
+
+    Windows are clipped to the raster and padded with 0, so no VRT is built per read. Pixels
+    are invalid in :meth:`read_mask` where every selected band equals its nodata value, where
+    any band is NaN, and where the file's internal mask / alpha band says so. Each thread and
+    process opens its own dataset handle on first use (GDAL handles are not thread-safe and
+    must not cross a fork).
+
+    Args:
+        path: raster file.
+        bands: 1-based band index or list of them (like rasterio); None for all bands.
+        nodata: nodata value for every selected band, overriding the file's.
+
+    Attributes:
+        bands: selected 1-based band indexes.
+        nodata: nodata value of the first selected band (after ``nodata=``), or None.
+        crs: ``rasterio.crs.CRS`` of the file (None when not georeferenced).
+        transform: ``affine.Affine`` pixel -> map transform.
+        res: (x, y) pixel size in map units.
+        bounds: ``rasterio.coords.BoundingBox`` in map units.
+
+    Raises:
+        FileNotFoundError: if ``path`` does not exist.
+        ImageReadError: if rasterio cannot open the file.
+        ValueError: if a band index is out of range.
+
+    .. versionadded:: 0.1
+    """
+
+    _transient = ("_local", "_handles", "_handles_lock", "_handles_pid")
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        bands: int | Sequence[int] | None = None,
+        nodata: float | None = None,
+    ) -> None:
+        p = existing_path(path)
+        self.path = str(p)
+        self.name = p.name
+        super().__init__()
+        ds = self._dataset()
+        self.bands = _band_indexes(bands, ds.count, self.path)
+        self.crs = ds.crs
+        self.transform = ds.transform
+        self.res = ds.res
+        self.bounds = ds.bounds
+        idx = [b - 1 for b in self.bands]
+        self.dtype = np.result_type(*[np.dtype(ds.dtypes[i]) for i in idx])
+        self.shape = (len(self.bands), int(ds.height), int(ds.width))
+        if nodata is not None:
+            self._nodatas: list[float | None] = [float(nodata)] * len(idx)
+        else:
+            self._nodatas = [ds.nodatavals[i] for i in idx]
+        self.nodata = self._nodatas[0]
+        self._mask_band = self._uses_mask_band(ds, idx)
+
+    @staticmethod
+    def _uses_mask_band(ds: Any, idx: list[int]) -> bool:
+        """True when the file carries a per-dataset mask or an alpha band (not just nodata)."""
+        from rasterio.enums import MaskFlags
+
+        flags = ds.mask_flag_enums[idx[0]]
+        return MaskFlags.per_dataset in flags or MaskFlags.alpha in flags
+
+    # ------------------------------------------------------------------------ handles
+    def _init_transient(self) -> None:
+        super()._init_transient()
+        self._handles: list[Any] = []
+        self._handles_lock = threading.Lock()
+        self._handles_pid = os.getpid()
+
+    def _dataset(self) -> Any:
+        """This thread's open dataset (opened on first use, and again after a fork)."""
+        pid = os.getpid()
+        ds = getattr(self._local, "ds", None)
+        if ds is not None and self._local.pid == pid and not ds.closed:
+            return ds
+        import rasterio
+        from rasterio.errors import NotGeoreferencedWarning
+
+        try:
+            with warnings.catch_warnings():  # plain TIFFs are fine: pixel coordinates
+                warnings.simplefilter("ignore", NotGeoreferencedWarning)
+                ds = rasterio.open(self.path)
+        except _read_errors() as e:
+            raise ImageReadError(f"{self.path}: rasterio cannot open the file: {_cause(e)}") from e
+        if self._handles_pid != pid:  # forked: the parent's handles and lock are not ours
+            self._handles_lock = threading.Lock()
+            self._handles, self._handles_pid = [], pid
+        with self._handles_lock:
+            self._handles.append(ds)
+        self._local.ds, self._local.pid = ds, pid
+        return ds
+
+    def close(self) -> None:
+        """Close every dataset handle this process opened; a later read reopens."""
+        with self._handles_lock:
+            handles = self._handles if self._handles_pid == os.getpid() else []
+            self._handles = []
+        for ds in handles:
+            ds.close()
+
+    # ------------------------------------------------------------------------ reading
+    def _read_inside(self, y: int, x: int, h: int, w: int) -> tuple[np.ndarray, np.ndarray | None]:
+        from rasterio.windows import Window
+
+        ds = self._dataset()
+        window = Window(x, y, w, h)
+        try:
+            data = ds.read(self.bands, window=window, out_dtype=self.dtype)  # (C, h, w)
+            mask = nodata_mask(data, self._nodatas)
+            if self._mask_band:
+                inner = ds.read_masks(self.bands[0], window=window) > 0  # (h, w)
+                mask = inner if mask is None else mask & inner
+        except _read_errors() as e:
+            raise ImageReadError(
+                f"{self.path}: reading rows {y}:{y + h}, cols {x}:{x + w} "
+                f"(bands {self.bands}) failed: {_cause(e)}"
+            ) from e
+        return data, mask
+
+    def thumbnail(self, max_side: int = 1024, resampling: str = "average") -> np.ndarray:
+        """A small (h, w, C) overview read through GDAL (uses the file's overviews if any).
+
+        Args:
+            max_side: longest side of the result.
+            resampling: a ``rasterio.enums.Resampling`` name ("average", "nearest", ...).
+        """
+        from rasterio.enums import Resampling
+
+        if max_side < 1:
+            raise ValueError(f"max_side must be >= 1, got {max_side}")
+        c, height, width = self.shape
+        s = min(1.0, max_side / max(height, width))
+        out_shape = (c, max(1, round(height * s)), max(1, round(width * s)))
+        try:
+            data = self._dataset().read(
+                self.bands,
+                out_shape=out_shape,
+                resampling=Resampling[resampling],
+                out_dtype=self.dtype,
+            )
+        except _read_errors() as e:
+            raise ImageReadError(f"{self.path}: reading a thumbnail failed: {_cause(e)}") from e
+        return np.moveaxis(data, 0, -1)
+
+    # ------------------------------------------------------------------------ geometry
+    def pixel_to_map(
+        self, rows: Any, cols: Any, offset: str = "center"
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Map coordinates (in ``crs``) of pixel positions.
+
+        Args:
+            rows: row indexes (scalars or arrays; fractional allowed).
+            cols: column indexes, same shape as ``rows``.
+            offset: ``"center"`` for pixel centres, ``"ul"`` for upper-left corners.
+
+        Returns:
+            ``(xs, ys)`` float64 arrays shaped like the inputs.
+        """
+        shift = {"center": 0.5, "ul": 0.0}.get(offset)
+        if shift is None:
+            raise ValueError(f"offset must be 'center' or 'ul', got {offset!r}")
+        r = np.asarray(rows, dtype=np.float64) + shift
+        c = np.asarray(cols, dtype=np.float64) + shift
+        t = self.transform
+        return t.a * c + t.b * r + t.c, t.d * c + t.e * r + t.f
+
+    def map_to_pixel(self, xs: Any, ys: Any) -> tuple[np.ndarray, np.ndarray]:
+        """Fractional ``(rows, cols)`` of map coordinates (``floor`` gives the pixel index)."""
+        t = ~self.transform
+        x = np.asarray(xs, dtype=np.float64)
+        y = np.asarray(ys, dtype=np.float64)
+        return t.d * x + t.e * y + t.f, t.a * x + t.b * y + t.c
+
+    def __repr__(self) -> str:
+        base = super().__repr__()[:-1]
+        crs = self.crs.to_string() if self.crs else None
+        return f"{base}, bands={self.bands}, crs={crs}, res={tuple(map(_short, self.res))})"
+
+
+def _short(v: float) -> float:
+    """Round a float for display."""
+    return float(f"{v:.6g}") if math.isfinite(v) else v
