@@ -196,3 +196,9 @@ def test_grad_ratio_training_step_through_stream_forward():
     logits.sum().backward()
     first = next(model.region_encoder.parameters())
     assert first.grad is not None and first.grad.abs().sum() > 0
+
+
+def test_stream_forward_refuses_an_empty_region_mask():
+    model = tiny_model("convnext_tiny", "none", num_classes=2)
+    with pytest.raises(ValueError, match="no region"):
+        stream_forward(model, torch.randn(3, 64, 128), region_mask=torch.tensor([False, False]))

@@ -477,6 +477,9 @@ def stream_forward(
     if region_mask is not None:
         allowed = torch.as_tensor(np.asarray(region_mask), dtype=torch.bool).reshape(-1)
     keep = torch.nonzero(allowed).flatten()
+    if keep.numel() == 0:
+        name = getattr(source, "name", "image")
+        raise ValueError(f"{name}: region_mask leaves no region to encode")
     extent = _valid_token_extent(model, grid, torch.arange(grid.num_regions))
 
     def load(sub: Tensor) -> Tensor:

@@ -1,0 +1,500 @@
+"""Whole-slide data for MONAI: slides at a target mpp, tissue masks, nested-region datasets.
+
+Slides are read through :class:`xt_plugins.io.SlideSource` (MONAI's
+``WSIReader(backend="openslide")``). The tissue mask comes from a low-resolution level (Otsu on
+HSV saturation, small objects and holes removed); each region of the model's grid gets its tissue
+fraction from it, and only regions (or windows of regions) with tissue are used.
+
+.. versionadded:: 0.1
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from monai.data import MetaTensor
+from torch.utils.data import Dataset
+from tqdm.auto import tqdm
+
+from ..io import SLIDE_SUFFIXES, SlideSource
+
+__all__ = [
+    "NestedRegionWSIDataset",
+    "NoTissueError",
+    "SlideTooSmallError",
+    "TissueMask",
+    "open_slide",
+    "read_slide_data",
+    "region_tissue_fraction",
+    "slide_collate",
+    "slide_region_mask",
+    "tissue_mask",
+]
+
+Mode = Literal["window", "region", "slide"]
+
+#: A slide whose level-0 mpp is coarser than the target by more than this factor is refused
+#: (the model would see blown-up pixels); pass ``slide_mpp`` if the recorded mpp is wrong.
+MAX_UPSAMPLE = 2.0
+#: Files a folder of slides is searched for (pyramidal TIFFs included).
+FOLDER_SUFFIXES = frozenset(SLIDE_SUFFIXES | {".tif", ".tiff"})
+
+
+class NoTissueError(ValueError):
+    """The tissue mask of a slide is empty (blank slide, or a threshold that is too strict)."""
+
+
+class SlideTooSmallError(ValueError):
+    """A slide is smaller than one region at the requested resolution."""
+
+
+# ---------------------------------------------------------------------------- slides
+def open_slide(
+    path: str | os.PathLike[str],
+    *,
+    mpp: float = 0.5,
+    slide_mpp: float | None = None,
+    mpp_tolerance: float = 0.1,
+) -> SlideSource:
+    """Open a slide at a target resolution, refusing resolutions the slide does not have.
+
+    The level within ``mpp_tolerance`` of ``mpp`` is read as is; otherwise the next finer level
+    is resized on the fly (see :class:`~xt_plugins.io.SlideSource`). A slide much coarser than
+    ``mpp`` (more than :data:`MAX_UPSAMPLE` times) is refused rather than blown up.
+
+    Args:
+        path: slide file (SVS, NDPI, MRXS, DICOM, pyramidal TIFF, ...).
+        mpp: target microns per pixel.
+        slide_mpp: level-0 microns per pixel, for slides that do not record it (or record it
+            wrongly).
+        mpp_tolerance: relative tolerance for a level to count as ``mpp``.
+
+    Returns:
+        The slide source; its ``shape`` is the slide's size at ``mpp``.
+
+    Raises:
+        FileNotFoundError: if ``path`` does not exist.
+        xt_plugins.io.SlideOpenError: if OpenSlide cannot open the file.
+        xt_plugins.io.MissingMPPError: if the slide records no mpp and ``slide_mpp`` is None.
+        ValueError: if the slide is much coarser than ``mpp``.
+
+    .. versionadded:: 0.1
+    """
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        source = SlideSource(path, mpp=mpp, slide_mpp=slide_mpp, mpp_tolerance=mpp_tolerance)
+    if source.slide_mpp is not None and source.slide_mpp > mpp * MAX_UPSAMPLE:
+        source.close()
+        raise ValueError(
+            f"{source.path}: the slide's resolution ({source.slide_mpp:.4g} um/px at level 0) is "
+            f"much coarser than the requested {mpp} um/px; pass a coarser --mpp, or --slide-mpp "
+            "if the slide's recorded resolution is wrong"
+        )
+    for w in caught:  # upsampling a little is allowed: pass SlideSource's warning on
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return source
+
+
+# ---------------------------------------------------------------------------- tissue
+@dataclass(frozen=True, eq=False)
+class TissueMask:
+    """A low-resolution tissue mask of a slide.
+
+    Attributes:
+        mask: (h, w) bool, True on tissue; covers the whole level-0 extent.
+        thumbnail: (h, w, 3) uint8 image the mask was computed from.
+        downsample: level-0 pixels per mask pixel, (y, x).
+        threshold: saturation threshold that was used.
+    """
+
+    mask: np.ndarray
+    thumbnail: np.ndarray
+    downsample: tuple[float, float]
+    threshold: float
+
+    @property
+    def fraction(self) -> float:
+        """Tissue fraction of the whole slide."""
+        return float(self.mask.mean())
+
+
+def _saturation(rgb: np.ndarray) -> np.ndarray:
+    """HSV saturation (max - min) / max of (h, w, 3) uint8 pixels, 0 for black; float32."""
+    hi = rgb.max(axis=-1).astype(np.float32)
+    lo = rgb.min(axis=-1).astype(np.float32)
+    return np.divide(hi - lo, hi, out=np.zeros_like(hi), where=hi > 0)
+
+
+def tissue_mask(
+    source: SlideSource,
+    *,
+    max_side: int = 2048,
+    min_saturation: float = 0.05,
+    min_object_um2: float = 2500.0,
+) -> TissueMask:
+    """Tissue mask from a low-resolution level: Otsu on HSV saturation, small specks removed.
+
+    Glass, background and unscanned (transparent) areas have almost no saturation; stained
+    tissue has plenty. The Otsu threshold is floored at ``min_saturation`` so that a blank
+    slide yields an empty mask rather than a mask of noise.
+
+    Args:
+        source: the slide.
+        max_side: longest side of the thumbnail the mask is computed on.
+        min_saturation: lowest saturation threshold (HSV saturation in [0, 1]).
+        min_object_um2: tissue pieces (and holes) smaller than this area in square microns are
+            removed (filled); 16 mask pixels when the slide has no mpp.
+
+    Returns:
+        The :class:`TissueMask`.
+
+    .. versionadded:: 0.1
+    """
+    from skimage.filters import threshold_otsu
+    from skimage.morphology import remove_small_holes, remove_small_objects
+
+    thumb = source.thumbnail(max_side)  # (h, w, 3) uint8
+    h0, w0 = source.level0_shape
+    downsample = (h0 / thumb.shape[0], w0 / thumb.shape[1])
+    saturation = _saturation(thumb)  # (h, w) in [0, 1]
+    threshold = min_saturation
+    if float(np.ptp(saturation)) > 1e-3:
+        threshold = max(float(threshold_otsu(saturation)), min_saturation)
+    mask = saturation > threshold
+    if source.slide_mpp is not None:
+        px_um2 = downsample[0] * downsample[1] * source.slide_mpp**2
+        max_size = max(1, int(min_object_um2 / px_um2))
+    else:
+        max_size = 16
+    mask = remove_small_objects(mask, max_size=max_size)
+    mask = remove_small_holes(mask, max_size=max_size)
+    return TissueMask(mask, thumb, downsample, threshold)
+
+
+def _edges(n: int, step: float, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Mask-pixel edges of ``n`` cells of ``step`` mask pixels: (start, stop), stop > start."""
+    start = np.floor(np.arange(n) * step).astype(np.int64)
+    stop = np.maximum(np.floor(np.arange(1, n + 1) * step).astype(np.int64), start + 1)
+    return np.clip(start, 0, size), np.clip(stop, 0, size), stop - start
+
+
+def region_tissue_fraction(tissue: TissueMask, source: SlideSource, region_size: int) -> np.ndarray:
+    """Tissue fraction of every region of the model's grid over ``source``.
+
+    Args:
+        tissue: the slide's tissue mask.
+        source: the slide at the model's resolution (its ``scale`` maps pixels to level 0).
+        region_size: region side in pixels at the source's resolution.
+
+    Returns:
+        (rows, cols) float32 in [0, 1], rows = ceil(H / region_size); parts of a region beyond
+        the slide count as no tissue.
+
+    .. versionadded:: 0.1
+    """
+    rows = math.ceil(source.height / region_size)
+    cols = math.ceil(source.width / region_size)
+    mask = tissue.mask
+    integral = np.zeros((mask.shape[0] + 1, mask.shape[1] + 1), dtype=np.int64)
+    integral[1:, 1:] = mask.cumsum(0).cumsum(1)
+    step = region_size * source.scale  # level-0 pixels per region side
+    y0, y1, hy = _edges(rows, step / tissue.downsample[0], mask.shape[0])
+    x0, x1, wx = _edges(cols, step / tissue.downsample[1], mask.shape[1])
+    tissue_px = (
+        integral[y1][:, x1] - integral[y0][:, x1] - integral[y1][:, x0] + integral[y0][:, x0]
+    )  # (rows, cols)
+    area = hy[:, None] * wx[None, :]
+    return np.clip(tissue_px / area, 0.0, 1.0).astype(np.float32)
+
+
+def slide_region_mask(
+    source: SlideSource,
+    region_size: int,
+    *,
+    min_tissue: float = 0.1,
+    tissue: TissueMask | None = None,
+    **tissue_kwargs: Any,
+) -> tuple[np.ndarray, np.ndarray, TissueMask]:
+    """Regions with tissue: ``(mask (rows, cols) bool, fractions (rows, cols), tissue mask)``.
+
+    Args:
+        source: the slide at the model's resolution.
+        region_size: region side in pixels.
+        min_tissue: a region is used when its tissue fraction is at least this.
+        tissue: a tissue mask already computed (else computed here with ``tissue_kwargs``).
+        **tissue_kwargs: options of :func:`tissue_mask`.
+
+    Raises:
+        SlideTooSmallError: if the slide is smaller than one region (checked after the tissue
+            mask, so that a slide that cannot be read says so first).
+        NoTissueError: if no region has enough tissue.
+
+    .. versionadded:: 0.1
+    """
+    tissue = tissue if tissue is not None else tissue_mask(source, **tissue_kwargs)
+    if min(source.height, source.width) < region_size:
+        raise SlideTooSmallError(
+            f"{source.path}: the slide is {source.width} x {source.height} px at "
+            f"{source.mpp:.4g} um/px, smaller than one {region_size}-px region; too little "
+            "tissue for the model (use a finer mpp or a smaller region size)"
+        )
+    fractions = region_tissue_fraction(tissue, source, region_size)
+    mask = fractions >= min_tissue
+    if not mask.any():
+        raise NoTissueError(
+            f"{source.path}: no tissue found (no {region_size}-px region has {min_tissue:.0%} "
+            f"tissue; {tissue.fraction:.1%} of the thumbnail passed the saturation threshold "
+            f"{tissue.threshold:.3f})"
+        )
+    return mask, fractions, tissue
+
+
+# ---------------------------------------------------------------------------- data lists
+def _slide_files(folder: Path) -> list[Path]:
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in FOLDER_SUFFIXES)
+    # one entry per DICOM series folder is enough: OpenSlide opens the series from any file
+    dicom = [p for p in files if p.suffix.lower() == ".dcm"]
+    return [p for p in files if p.suffix.lower() != ".dcm"] + dicom[:1]
+
+
+def read_slide_data(
+    dataset_dir: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    *,
+    labels_csv: str | None = "labels.csv",
+    require_labels: bool = False,
+) -> list[dict[str, Any]]:
+    """A MONAI data list ``[{"image": path, "label": int}, ...]`` of a folder of slides.
+
+    Labels come from ``labels_csv`` in the folder (columns ``slide`` and ``label``, as written
+    by ``xt-plugins make-slides``); without it the items have no ``"label"`` and the folder's
+    slide files are listed (``.svs``, ``.ndpi``, ``.tiff``, ...; of ``.dcm`` files only the
+    first, since OpenSlide opens a DICOM series from any of its files).
+
+    Args:
+        dataset_dir: a folder, or a list of slide files / folders.
+        labels_csv: name of the label table inside the folder (None: ignore labels).
+        require_labels: raise if a slide has no label (training).
+
+    Returns:
+        One dict per slide, in file order.
+
+    Raises:
+        FileNotFoundError: if a path does not exist, or no slides are found.
+        ValueError: if labels are required and missing.
+
+    .. versionadded:: 0.1
+    """
+    entries = [dataset_dir] if isinstance(dataset_dir, str | os.PathLike) else list(dataset_dir)
+    data: list[dict[str, Any]] = []
+    for entry in entries:
+        p = Path(entry).expanduser()
+        if not p.exists():
+            raise FileNotFoundError(f"{p}: no such file or folder")
+        labels: dict[str, int] = {}
+        if p.is_dir():
+            table = p / labels_csv if labels_csv else None
+            if table is not None and table.is_file():
+                with table.open(newline="") as f:
+                    labels = {row["slide"]: int(row["label"]) for row in csv.DictReader(f)}
+                files = [p / name for name in labels]
+            else:
+                files = _slide_files(p)
+        else:
+            files = [p]
+        for f in files:
+            item: dict[str, Any] = {"image": str(f)}
+            if f.name in labels:
+                item["label"] = labels[f.name]
+            elif require_labels:
+                raise ValueError(
+                    f"{f}: no label; put a {labels_csv or 'labels.csv'} (columns slide,label) "
+                    "next to the slides"
+                )
+            data.append(item)
+    if not data:
+        raise FileNotFoundError(
+            f"no slides found in {dataset_dir} (suffixes {sorted(FOLDER_SUFFIXES)})"
+        )
+    return data
+
+
+def slide_collate(items: Sequence[Any]) -> list[Any]:
+    """Collate function for slide-mode items: the list itself (slides differ in size)."""
+    return list(items)
+
+
+# ---------------------------------------------------------------------------- dataset
+@dataclass(frozen=True)
+class _SlideIndex:
+    path: str
+    label: Any
+    source: SlideSource
+    fractions: np.ndarray  # (rows, cols)
+    extra: dict[str, Any]
+
+
+class NestedRegionWSIDataset(Dataset):
+    """Slides + labels as MONAI dict items of nested regions at a chosen resolution.
+
+    Three modes:
+
+    - ``"window"``: windows of ``window_regions x window_regions`` regions (the model's input
+      for window-level training with a plain forward), tissue windows only. Item ``"image"``
+      is a (3, n*r, n*r) uint8 :class:`~monai.data.MetaTensor`.
+    - ``"region"`` (whole-slide mode): every tissue region of every slide, in scan order per
+      slide; item ``"image"`` is (3, r, r) and ``"grid"`` its (row, col).
+    - ``"slide"``: one item per slide for slide-level training at bounded memory: ``"image"``
+      is the lazy :class:`~xt_plugins.io.SlideSource` and ``"region_mask"`` the (rows, cols)
+      bool tissue mask of its regions. Use ``collate_fn=slide_collate`` and feed the batch to
+      :class:`~xt_plugins.monai.SlideStreamingInferer` (see ``prepare_slide_batch``).
+
+    Every item has ``"label"`` (when the data has one) and ``"path"``; window and region items
+    have ``"location"`` (level-0 (y, x) of the top-left pixel), ``"size"`` (level-0 (h, w)),
+    ``"grid"`` ((row, col) of the first region) and ``"tissue"`` (tissue fraction), also in the
+    image's ``meta`` with ``"level"`` and ``"mpp"``. ``transform`` (e.g. a MONAI ``Compose`` of
+    dict transforms) is applied to each item.
+
+    Slides that cannot be opened, are too small or show no tissue are skipped with a warning
+    naming them (``on_error="raise"`` raises instead).
+
+    Args:
+        data: ``[{"image": path, "label": ...}, ...]`` (see :func:`read_slide_data`) or paths.
+        mode: ``"window"``, ``"region"`` or ``"slide"``.
+        mpp: target microns per pixel.
+        slide_mpp: level-0 mpp for slides that do not record it.
+        region_size: region side in pixels at ``mpp``.
+        window_regions: regions per window side (window mode).
+        window_stride: step between windows in regions (default: ``window_regions``).
+        min_tissue: tissue fraction a region (window: its regions on average) needs.
+        transform: callable applied to each item dict.
+        tissue_kwargs: options of :func:`tissue_mask`.
+        on_error: ``"warn"`` (skip bad slides) or ``"raise"``.
+        progress: show a progress bar while the slides are indexed (one tissue mask each).
+
+    Raises:
+        ValueError: on a bad mode, or when no slide is usable.
+
+    .. versionadded:: 0.1
+    """
+
+    def __init__(
+        self,
+        data: Sequence[Mapping[str, Any] | str | os.PathLike[str]],
+        *,
+        mode: Mode = "window",
+        mpp: float = 0.5,
+        slide_mpp: float | None = None,
+        region_size: int = 256,
+        window_regions: int = 4,
+        window_stride: int | None = None,
+        min_tissue: float = 0.1,
+        transform: Callable[[dict[str, Any]], Any] | None = None,
+        tissue_kwargs: Mapping[str, Any] | None = None,
+        on_error: Literal["warn", "raise"] = "warn",
+        progress: bool = True,
+    ) -> None:
+        if mode not in ("window", "region", "slide"):
+            raise ValueError(f"mode must be 'window', 'region' or 'slide', got {mode!r}")
+        if window_regions < 1:
+            raise ValueError(f"window_regions must be >= 1, got {window_regions}")
+        self.mode = mode
+        self.mpp = mpp
+        self.region_size = region_size
+        self.window_regions = window_regions
+        self.window_stride = window_stride or window_regions
+        self.min_tissue = min_tissue
+        self.transform = transform
+        self.slides: list[_SlideIndex] = []
+        self.failed: dict[str, str] = {}
+        for entry in tqdm(data, desc="indexing slides", unit="slide", disable=not progress):
+            item = dict(entry) if isinstance(entry, Mapping) else {"image": entry}
+            path = str(item.pop("image"))
+            label = item.pop("label", None)
+            try:
+                source = open_slide(path, mpp=mpp, slide_mpp=slide_mpp)
+                _, fractions, _ = slide_region_mask(
+                    source, region_size, min_tissue=min_tissue, **dict(tissue_kwargs or {})
+                )
+            except Exception as err:
+                if on_error == "raise":
+                    raise
+                message = str(err) if path in str(err) else f"{path}: {err}"
+                self.failed[path] = message
+                warnings.warn(f"skipping slide {message}", stacklevel=2)
+                continue
+            self.slides.append(_SlideIndex(path, label, source, fractions, item))
+        if not self.slides:
+            raise ValueError(f"no usable slide in the data: {self.failed}")
+        self.index = self._build_index()
+
+    # ------------------------------------------------------------------------ index
+    def _build_index(self) -> list[tuple[int, int, int, float]]:
+        """(slide, row, col, tissue fraction) of every item; row/col of its first region."""
+        index: list[tuple[int, int, int, float]] = []
+        for s, slide in enumerate(self.slides):
+            fr = slide.fractions  # (rows, cols)
+            if self.mode == "slide":
+                index.append((s, 0, 0, float(fr.mean())))
+            elif self.mode == "region":
+                for r, c in zip(*np.nonzero(fr >= self.min_tissue), strict=True):
+                    index.append((s, int(r), int(c), float(fr[r, c])))
+            else:
+                n, step = self.window_regions, self.window_stride
+                for r in range(0, fr.shape[0], step):
+                    for c in range(0, fr.shape[1], step):
+                        tile = fr[r : r + n, c : c + n]
+                        value = float(tile.sum()) / (n * n)  # regions beyond the slide: none
+                        if value >= self.min_tissue:
+                            index.append((s, r, c, value))
+        return index
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def region_masks(self) -> list[np.ndarray]:
+        """(rows, cols) bool tissue-region mask of every usable slide, in order."""
+        return [s.fractions >= self.min_tissue for s in self.slides]
+
+    # ------------------------------------------------------------------------ items
+    def __getitem__(self, i: int) -> Any:
+        s, row, col, fraction = self.index[i]
+        slide = self.slides[s]
+        item: dict[str, Any] = {"path": slide.path, **slide.extra}
+        if slide.label is not None:
+            item["label"] = torch.as_tensor(slide.label)
+        if self.mode == "slide":
+            item["image"] = slide.source
+            item["region_mask"] = torch.from_numpy(slide.fractions >= self.min_tissue)
+            item["tissue"] = fraction
+        else:
+            n = 1 if self.mode == "region" else self.window_regions
+            r, src = self.region_size, slide.source
+            side = n * r
+            pixels = src.read(row * r, col * r, side, side)  # (3, side, side) uint8
+            location = [round(row * r * src.scale), round(col * r * src.scale)]
+            size = [round(side * src.scale)] * 2
+            meta = {
+                "location": location,
+                "size": size,
+                "grid": [row, col],
+                "level": src.level,
+                "mpp": src.mpp,
+                "path": slide.path,
+            }
+            item.update(
+                image=MetaTensor(torch.from_numpy(pixels), meta=meta),
+                location=torch.tensor(location),
+                size=torch.tensor(size),
+                grid=torch.tensor([row, col]),
+                tissue=fraction,
+            )
+        return self.transform(item) if self.transform is not None else item
