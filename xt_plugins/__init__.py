@@ -9,6 +9,13 @@ from .nn.streaming import StreamResult, stream_forward, stream_predict
 
 __version__ = "0.1.0"
 
+try:  # also list the xt_* models in TorchGeo's registry (lazy; never breaks the import)
+    from .torchgeo import register_torchgeo_models as _register_torchgeo
+
+    _register_torchgeo()
+except Exception:  # pragma: no cover - a TorchGeo change must not break xt_plugins
+    pass
+
 __all__ = [
     "BACKBONES",
     "CONTEXTS",

@@ -5,10 +5,12 @@
 
 from __future__ import annotations
 
+import atexit
 import math
 import os
 import threading
 import warnings
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -48,6 +50,19 @@ def _band_indexes(bands: int | Sequence[int] | None, count: int, path: str) -> l
             )
     return [int(b) for b in indexes]
 
+
+
+_LIVE_SOURCES: weakref.WeakSet = weakref.WeakSet()
+
+
+@atexit.register
+def _close_live_sources() -> None:
+    """Close GDAL handles before interpreter shutdown (else GDAL may report spurious errors)."""
+    for source in list(_LIVE_SOURCES):
+        try:
+            source.close()
+        except Exception:  # noqa: S110 - best effort at exit
+            pass
 
 class RasterSource(ImageSource):
     """A GeoTIFF (or any raster GDAL reads) read window by window through rasterio.
@@ -121,6 +136,7 @@ class RasterSource(ImageSource):
         self._handles: list[Any] = []
         self._handles_lock = threading.Lock()
         self._handles_pid = os.getpid()
+        _LIVE_SOURCES.add(self)
 
     def _dataset(self) -> Any:
         """This thread's open dataset (opened on first use, and again after a fork)."""

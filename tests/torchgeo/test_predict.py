@@ -1,0 +1,165 @@
+"""predict-scene: safe checkpoints, tile-streamed GeoTIFFs equal to a whole-scene pass, outputs
+in map coordinates, bad scenes skipped."""
+
+import json
+import math
+import pickle
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+import rasterio
+import torch
+from affine import Affine
+
+from xt_plugins.cli import main
+from xt_plugins.torchgeo import XTClassification, XTSemanticSegmentation, XTVesselDetection
+from xt_plugins.torchgeo.datamodules import SARScene
+from xt_plugins.torchgeo.predict import (
+    CheckpointError,
+    load_checkpoint,
+    predict_scene,
+    task_from_checkpoint,
+)
+
+from .conftest import TINY_DETECTOR, TINY_SWIN
+
+
+def _save(task, path):
+    torch.save({"state_dict": task.state_dict(), "hyper_parameters": dict(task.hparams)}, path)
+    return path
+
+
+def test_unsafe_checkpoint_is_refused(tmp_path):
+    class Payload:
+        def __reduce__(self):
+            return (print, ("this must never run",))
+
+    path = tmp_path / "evil.ckpt"
+    with open(path, "wb") as f:
+        pickle.dump({"state_dict": {}, "hyper_parameters": {"x": Payload()}}, f)
+    with pytest.raises(CheckpointError, match=r"weights_only=True\) refused.*never unpickles"):
+        load_checkpoint(path)
+    torch.save({"state_dict": {}}, tmp_path / "nohp.ckpt")
+    with pytest.raises(CheckpointError, match="no 'hyper_parameters'"):
+        load_checkpoint(tmp_path / "nohp.ckpt")
+    with pytest.raises(FileNotFoundError):
+        load_checkpoint(tmp_path / "missing.ckpt")
+
+
+def test_cli_predicts_scenes_and_skips_a_bad_one(detection_checkpoint, sar_root, tmp_path, capsys):
+    bad = tmp_path / "bad_scene"
+    shutil.copytree(sar_root / "scene_000", bad)
+    (bad / "VH_dB.tif").unlink()
+    out = tmp_path / "pred"
+    scenes = [sar_root / "scene_000", bad, sar_root / "scene_001"]
+    rc = main(
+        [
+            "predict-scene",
+            str(detection_checkpoint),
+            *map(str, scenes),
+            "--out",
+            str(out),
+            "--window-regions",
+            "3",
+            "--overlap-regions",
+            "1",
+            "--threshold",
+            "0.005",
+            "--quiet",
+        ]
+    )
+    printed = capsys.readouterr().out
+    assert rc == 0
+    assert "bad_scene: skipped:" in printed and "VH_dB.tif: missing VH file" in printed
+    assert not (out / "bad_scene").exists() and not (out / "bad_scene.partial").exists()
+    for name in ("scene_000", "scene_001"):
+        scene = SARScene(sar_root / name)
+        with rasterio.open(out / name / "probabilities.tif") as ds:
+            assert ds.crs == scene.crs
+            assert ds.transform == scene.transform @ Affine.scale(4)
+            assert (ds.height, ds.width) == (math.ceil(500 / 4), math.ceil(600 / 4))
+            assert ds.descriptions == ("centre", "vessel", "fishing", "length_m")
+            probs = ds.read()
+        valid, _ = scene.validity()
+        finite = np.isfinite(probs[0])
+        assert finite.mean() == pytest.approx(valid.mean(), abs=0.05)  # NaN on nodata
+        assert (probs[:3][:, finite] >= 0).all() and (probs[:3][:, finite] <= 1).all()
+        df = pd.read_csv(out / name / "detections.csv")
+        assert {"detect_x", "detect_y", "detect_scene_row", "is_vessel", "score"} <= set(df)
+        assert len(df) > 0 and (df.score >= 0.005).all()
+        xs, ys = scene.pixel_to_map(df.detect_scene_row + 0.5, df.detect_scene_column + 0.5)
+        assert np.abs(xs - df.detect_x).max() <= 10 and np.abs(ys - df.detect_y).max() <= 10
+        gj = json.loads((out / name / "detections.geojson").read_text())
+        assert gj["crs"]["properties"]["name"].endswith("32631")
+        coords = np.array([f["geometry"]["coordinates"] for f in gj["features"]])
+        assert np.allclose(coords, df[["detect_x", "detect_y"]].to_numpy())
+    # every scene bad: non-zero exit
+    rc = main(["predict-scene", str(detection_checkpoint), str(bad), "--out", str(out), "--quiet"])
+    assert rc == 1
+
+
+def test_tiles_equal_a_whole_scene_pass(sar_root, tmp_path):
+    """With per-region encoding (context none) the streamed map equals one forward pass."""
+    torch.manual_seed(0)
+    task = XTVesselDetection(**{**TINY_DETECTOR, "model": "xt_swinv2_tiny_none"})
+    task = task_from_checkpoint(_save(task, tmp_path / "none.ckpt"), "cpu")
+    res = predict_scene(
+        task,
+        sar_root / "scene_001",
+        tmp_path / "out",
+        window_regions=4,
+        overlap_regions=1,
+        batch=2,
+        threshold=0.0,
+        progress=False,
+    )
+    scene = SARScene(sar_root / "scene_001")
+    image, valid = scene.read_with_mask(0, 0, 500, 600)
+    with torch.no_grad():
+        out = task(torch.from_numpy(image)[None])
+    whole = out["heatmap"].sigmoid()[0, 0].numpy()  # (125, 150)
+    with rasterio.open(res.probabilities) as ds:
+        tiled = ds.read(1)
+    # away from the scene's borders (32 px), where the whole-image pass zero-pads features and
+    # the windows see the encoder's output on zero-padded pixels instead
+    inner = (slice(8, 116), slice(8, 136))
+    ok = np.isfinite(tiled[inner])
+    assert ok.mean() > 0.5
+    np.testing.assert_allclose(tiled[inner][ok], whole[inner][ok], atol=1e-5)
+    # each object found once: the peaks of the whole map equal the streamed detections
+    assert len(res.detections) > 0
+    assert res.detections.duplicated(["detect_scene_row", "detect_scene_column"]).sum() == 0
+
+
+def test_segmentation_checkpoint_writes_class_probabilities(sar_root, tmp_path):
+    task = XTSemanticSegmentation(
+        backbone="xt_swinv2_tiny_txl", num_classes=3, region_size=64, model_kwargs=TINY_SWIN
+    )
+    task = task_from_checkpoint(_save(task, tmp_path / "seg.ckpt"), "cpu")
+    res = predict_scene(
+        task, sar_root / "scene_000", tmp_path / "seg", window_regions=4, progress=False
+    )
+    scene = SARScene(sar_root / "scene_000")
+    with rasterio.open(res.probabilities) as ds:
+        assert (ds.count, ds.height, ds.width) == (3, 500, 600)
+        assert ds.transform == scene.transform and ds.crs == scene.crs
+        probs = ds.read()
+    ok = np.isfinite(probs[0])
+    assert np.array_equal(ok, scene.read_with_mask(0, 0, 500, 600)[1])
+    np.testing.assert_allclose(probs[:, ok].sum(0), 1.0, atol=1e-4)
+    assert not (tmp_path / "seg" / "detections.csv").exists()
+
+
+def test_classification_checkpoint_writes_region_map(sar_root, tmp_path):
+    task = XTClassification(model="xt_swinv2_tiny_mamba", region_size=64, model_kwargs=TINY_SWIN)
+    task = task_from_checkpoint(_save(task, tmp_path / "cls.ckpt"), "cpu")
+    res = predict_scene(task, sar_root / "scene_000", tmp_path / "cls", progress=False)
+    scene = SARScene(sar_root / "scene_000")
+    with rasterio.open(res.probabilities) as ds:
+        assert (ds.count, ds.height, ds.width) == (1, 8, 10)  # ceil(500 / 64), ceil(600 / 64)
+        assert ds.transform == scene.transform @ Affine.scale(64) and ds.crs == scene.crs
+        probs = ds.read(1)
+    assert np.nanmin(probs) >= 0 and np.nanmax(probs) <= 1
+    assert (tmp_path / "cls" / "scene.csv").read_text().startswith("scene_id,class_0")

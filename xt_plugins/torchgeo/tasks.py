@@ -1,0 +1,594 @@
+"""TorchGeo tasks with xT models: classification, segmentation and xView3 vessel detection.
+
+``XTClassification`` and ``XTSemanticSegmentation`` are TorchGeo's own tasks whose
+``configure_models`` builds an xT model with xT's options (``region_size``, ``context_pool``,
+``grad_ratio``, ``region_chunk``, ``checkpoint_regions`` and ``model_kwargs`` for the region
+and context encoders, e.g. a tiny config). ``XTVesselDetection`` is xView3-style point
+detection: a dense decoder over xT's feature pyramid with centre-heatmap, vessel, fishing and
+length heads (:class:`~xt_plugins.nn.heads.PointDetector`), CenterNet losses, and the
+xView3 score as validation metric.
+
+The stock tasks need nothing from here: ``Classification(model="xt_swinv2_tiny_mamba")`` and
+``SemanticSegmentation(backbone="tu-xt_swinv2_tiny_txl")`` work once ``xt_plugins`` is
+imported.
+
+.. versionadded:: 0.1
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+import segmentation_models_pytorch as smp
+import timm
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchgeo.tasks import BaseTask, Classification, SemanticSegmentation
+from torchgeo.tasks import utils as tg_utils
+
+import xt_plugins  # noqa: F401 (registers the xt_* names with timm)
+
+from ..nn.heads import PointDetector, find_peaks, heatmap_focal_loss
+from .metrics import MATCH_DISTANCE_M, SHORE_DISTANCE_KM, XView3Metric
+
+__all__ = [
+    "XTClassification",
+    "XTSemanticSegmentation",
+    "XTVesselDetection",
+    "decode_detections",
+    "xt_model_kwargs",
+    "xt_model_name",
+]
+
+#: smp architectures that take an xT encoder (``tu-xt_...``) with extra encoder options.
+SMP_ARCHITECTURES: dict[str, str] = {
+    "unet": "Unet",
+    "fpn": "FPN",
+    "upernet": "UPerNet",
+    "segformer": "Segformer",
+}
+
+
+def xt_model_kwargs(hparams: Mapping[str, Any]) -> dict[str, Any]:
+    """The xT options of a task's hyperparameters as ``timm.create_model`` kwargs."""
+    kwargs: dict[str, Any] = {
+        "region_size": hparams["region_size"],
+        "context_pool": hparams["context_pool"],
+        "grad_ratio": hparams["grad_ratio"],
+        "region_chunk": hparams["region_chunk"],
+        "checkpoint_regions": hparams["checkpoint_regions"],
+    }
+    extra = dict(hparams.get("model_kwargs") or {})
+    clash = sorted(set(extra) & (set(kwargs) | {"num_classes", "in_chans", "pretrained"}))
+    if clash:
+        raise ValueError(f"model_kwargs {clash} are task arguments; set them on the task instead")
+    return {**kwargs, **extra}
+
+
+def xt_model_name(name: str, context: str | None = None) -> str:
+    """The registered xT name for ``name`` (``tu-`` stripped), its context replaced if given.
+
+    Raises:
+        ValueError: if the result is not a registered ``xt_<backbone>_<context>`` name.
+    """
+    bare = name.removeprefix("tu-")
+    if context is not None:
+        backbone = bare.removeprefix("xt_").rpartition("_")[0] or bare
+        bare = f"xt_{backbone}_{context}"
+    if bare not in timm.list_models("xt_*"):
+        raise ValueError(
+            f"{bare!r} is not a registered xT model; use xt_<backbone>_<context> "
+            f"(`xt-plugins models` lists them), e.g. xt_swinv2_tiny_mamba"
+        )
+    return bare
+
+
+def _load_weights(model: nn.Module, weights: Any) -> None:
+    """Load a checkpoint / state-dict path (TorchGeo's ``weights`` convention) into ``model``."""
+    if weights and weights is not True:
+        if not isinstance(weights, str | os.PathLike) or not os.path.exists(weights):
+            raise ValueError(
+                f"weights={weights!r}: xT tasks take True (timm weights of the region "
+                "encoder) or the path of a saved state dict / checkpoint"
+            )
+        _, state_dict = tg_utils.extract_backbone(str(weights))
+        tg_utils.load_state_dict(model, state_dict)
+
+
+class XTClassification(Classification):
+    """TorchGeo image classification with an xT model (``xt_<backbone>_<context>``).
+
+    Args:
+        model: registered xT model name.
+        weights: True for the region encoder's timm weights, or a state-dict path.
+        in_channels: input channels (2 for VV + VH).
+        task: ``binary``, ``multiclass`` or ``multilabel``.
+        num_classes: classes (multiclass).
+        num_labels: labels (multilabel).
+        labels: class names.
+        pos_weight: positive weight of the ``bce`` loss.
+        loss: ``ce``, ``bce``, ``jaccard``, ``focal`` or ``dice``.
+        class_weights: class weights of the ``ce`` loss.
+        ignore_index: class index ignored by loss and metrics.
+        lr: learning rate.
+        patience: patience of the learning-rate scheduler.
+        freeze_backbone: train only the classifier.
+        region_size: xT region side in pixels.
+        context: context encoder (``none``, ``txl``, ``hyper``, ``mamba``) replacing the one
+            in the model name (None: keep it).
+        context_pool: pool each region to ``k x k`` context tokens (None: all tokens).
+        grad_ratio: fraction of regions whose region-encoder pass keeps gradients.
+        region_chunk: encode at most this many regions at a time.
+        checkpoint_regions: activation checkpointing of the region encoder.
+        model_kwargs: more options for :func:`xt_plugins.create_model` (``context_kwargs``,
+            ``context_dim``, ``drop_rate``, backbone options such as ``embed_dim``, ``depths``).
+
+    .. versionadded:: 0.1
+    """
+
+    def __init__(
+        self,
+        model: str = "xt_swinv2_tiny_mamba",
+        weights: bool | str | None = None,
+        in_channels: int = 2,
+        task: Literal["binary", "multiclass", "multilabel"] = "binary",
+        num_classes: int | None = None,
+        num_labels: int | None = None,
+        labels: list[str] | None = None,
+        pos_weight: Tensor | None = None,
+        loss: Literal["ce", "bce", "jaccard", "focal", "dice"] = "bce",
+        class_weights: Tensor | Sequence[float] | None = None,
+        ignore_index: int | None = None,
+        lr: float = 1e-4,
+        patience: int = 10,
+        freeze_backbone: bool = False,
+        region_size: int = 256,
+        context: str | None = None,
+        context_pool: int | None = None,
+        grad_ratio: float = 1.0,
+        region_chunk: int | None = None,
+        checkpoint_regions: bool = False,
+        model_kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(
+            model=model,
+            weights=weights,
+            in_channels=in_channels,
+            task=task,
+            num_classes=num_classes,
+            num_labels=num_labels,
+            labels=labels,
+            pos_weight=pos_weight,
+            loss=loss,
+            class_weights=class_weights,
+            ignore_index=ignore_index,
+            lr=lr,
+            patience=patience,
+            freeze_backbone=freeze_backbone,
+        )
+
+    def configure_models(self) -> None:
+        """Build the xT classifier."""
+        hp = self.hparams
+        self.model = timm.create_model(
+            xt_model_name(hp["model"], hp["context"]),
+            num_classes=hp["num_classes"] or hp["num_labels"] or 1,
+            in_chans=hp["in_channels"],
+            pretrained=self.weights is True,
+            **xt_model_kwargs(hp),
+        )
+        _load_weights(self.model, self.weights)
+        if hp["freeze_backbone"]:
+            for param in self.model.parameters():
+                param.requires_grad = False
+            for param in self.model.get_classifier().parameters():
+                param.requires_grad = True
+
+
+class XTSemanticSegmentation(SemanticSegmentation):
+    """TorchGeo semantic segmentation: an smp decoder on an xT encoder (``tu-xt_...``).
+
+    Args:
+        model: smp architecture: ``unet``, ``fpn``, ``upernet`` or ``segformer``.
+        backbone: registered xT model name (with or without ``tu-``).
+        weights: True for the region encoder's timm weights, or a state-dict path.
+        in_channels: input channels.
+        task: ``binary``, ``multiclass`` or ``multilabel``.
+        num_classes: classes (multiclass).
+        num_labels: labels (multilabel).
+        labels: class names.
+        pos_weight: positive weight of the ``bce`` loss.
+        loss: ``ce``, ``bce``, ``jaccard``, ``focal`` or ``dice``.
+        class_weights: class weights of the ``ce`` loss.
+        ignore_index: class index ignored by loss and metrics.
+        lr: learning rate.
+        patience: patience of the learning-rate scheduler.
+        freeze_backbone: freeze the encoder.
+        freeze_decoder: freeze the decoder.
+        region_size: xT region side in pixels.
+        context: context encoder (``none``, ``txl``, ``hyper``, ``mamba``) replacing the one
+            in the model name (None: keep it).
+        context_pool: pool each region to ``k x k`` context tokens (None: all tokens).
+        grad_ratio: fraction of regions whose region-encoder pass keeps gradients.
+        region_chunk: encode at most this many regions at a time.
+        checkpoint_regions: activation checkpointing of the region encoder.
+        model_kwargs: more options for :func:`xt_plugins.create_model`.
+
+    .. versionadded:: 0.1
+    """
+
+    def __init__(
+        self,
+        model: Literal["unet", "fpn", "upernet", "segformer"] = "unet",
+        backbone: str = "xt_swinv2_tiny_txl",
+        weights: bool | str | None = None,
+        in_channels: int = 2,
+        task: Literal["binary", "multiclass", "multilabel"] = "multiclass",
+        num_classes: int | None = 3,
+        num_labels: int | None = None,
+        labels: list[str] | None = None,
+        pos_weight: Tensor | None = None,
+        loss: Literal["ce", "bce", "jaccard", "focal", "dice"] = "ce",
+        class_weights: Tensor | Sequence[float] | None = None,
+        ignore_index: int | None = None,
+        lr: float = 1e-4,
+        patience: int = 10,
+        freeze_backbone: bool = False,
+        freeze_decoder: bool = False,
+        region_size: int = 256,
+        context: str | None = None,
+        context_pool: int | None = None,
+        grad_ratio: float = 1.0,
+        region_chunk: int | None = None,
+        checkpoint_regions: bool = False,
+        model_kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(
+            model=model,  # type: ignore[arg-type]
+            backbone=backbone,
+            weights=weights,
+            in_channels=in_channels,
+            task=task,
+            num_classes=num_classes,
+            num_labels=num_labels,
+            labels=labels,
+            pos_weight=pos_weight,
+            loss=loss,
+            class_weights=class_weights,
+            ignore_index=ignore_index,
+            lr=lr,
+            patience=patience,
+            freeze_backbone=freeze_backbone,
+            freeze_decoder=freeze_decoder,
+        )
+
+    def configure_models(self) -> None:
+        """Build the smp model on the xT encoder."""
+        hp = self.hparams
+        arch = SMP_ARCHITECTURES.get(hp["model"])
+        if arch is None:
+            raise ValueError(
+                f"model {hp['model']!r} is not supported with an xT encoder; use one of "
+                f"{sorted(SMP_ARCHITECTURES)}"
+            )
+        self.model = getattr(smp, arch)(
+            encoder_name="tu-" + xt_model_name(hp["backbone"], hp["context"]),
+            encoder_weights="imagenet" if self.weights is True else None,
+            in_channels=hp["in_channels"],
+            classes=hp["num_classes"] or hp["num_labels"] or 1,
+            **xt_model_kwargs(hp),
+        )
+        _load_weights(self.model.encoder, self.weights)
+        parts = ((self.model.encoder, "freeze_backbone"), (self.model.decoder, "freeze_decoder"))
+        for part, flag in parts:
+            if hp[flag]:
+                for param in part.parameters():
+                    param.requires_grad = False
+
+
+# ---------------------------------------------------------------------------- detection
+def decode_detections(
+    outputs: Mapping[str, Tensor],
+    out_stride: int,
+    pixel_size: Sequence[float] | Tensor,
+    threshold: float = 0.3,
+    kernel: int = 3,
+    valid: Tensor | None = None,
+) -> list[dict[str, Tensor]]:
+    """Detections of a batch of detector outputs, in window pixels and metres.
+
+    Args:
+        outputs: ``heatmap``, ``vessel``, ``fishing`` (logits) and ``length`` (log metres),
+            each (B, 1, h, w).
+        out_stride: input pixels per output cell.
+        pixel_size: metres per pixel of each image (B,).
+        threshold: smallest centre probability.
+        kernel: NMS window in cells.
+        valid: optional (B, 1, H, W) input validity; peaks on cells without data are dropped.
+
+    Returns:
+        Per image a dict of (N,) tensors: ``row``, ``col`` (input pixels, cell centres),
+        ``detect_x``, ``detect_y`` (metres from the window's top-left corner; y grows down),
+        ``score``, ``vessel_prob``, ``fishing_prob``, ``is_vessel``, ``is_fishing``,
+        ``vessel_length_m``.
+    """
+    heat = outputs["heatmap"].detach().float().sigmoid()
+    if valid is not None:
+        cells = F.adaptive_max_pool2d(valid.float(), heat.shape[-2:])
+        heat = heat * (cells > 0)
+    vessel = outputs["vessel"].detach().float().sigmoid()[:, 0]
+    fishing = outputs["fishing"].detach().float().sigmoid()[:, 0]
+    length = outputs["length"].detach().float()[:, 0].clamp(-10, 10).exp()
+    out = []
+    for b, (rows, cols, scores) in enumerate(find_peaks(heat, threshold, kernel)):
+        ps = float(pixel_size[b])
+        r_px = (rows.float() + 0.5) * out_stride
+        c_px = (cols.float() + 0.5) * out_stride
+        vp, fp = vessel[b, rows, cols], fishing[b, rows, cols]
+        out.append(
+            {
+                "row": r_px,
+                "col": c_px,
+                "detect_x": c_px * ps,
+                "detect_y": r_px * ps,
+                "score": scores,
+                "vessel_prob": vp,
+                "fishing_prob": fp,
+                "is_vessel": (vp > 0.5).float(),
+                "is_fishing": ((fp > 0.5) & (vp > 0.5)).float(),
+                "vessel_length_m": length[b, rows, cols],
+            }
+        )
+    return out
+
+
+def ground_truth_detections(
+    batch: Mapping[str, Tensor], out_stride: int, pixel_size: Sequence[float] | Tensor
+) -> list[dict[str, Tensor]]:
+    """Ground-truth tables of a batch of detection targets (centres where ``heatmap == 1``)."""
+    out = []
+    for b in range(batch["heatmap"].shape[0]):
+        rows, cols = torch.nonzero(batch["heatmap"][b, 0] >= 1.0 - 1e-6, as_tuple=True)
+        ps = float(pixel_size[b])
+
+        def value(key: str, rows: Tensor = rows, cols: Tensor = cols, b: int = b) -> Tensor:
+            v = batch[key][b, rows, cols].float()
+            return torch.where(v < 0, torch.full_like(v, float("nan")), v)
+
+        out.append(
+            {
+                "detect_x": (cols.float() + 0.5) * out_stride * ps,
+                "detect_y": (rows.float() + 0.5) * out_stride * ps,
+                "is_vessel": value("vessel"),
+                "is_fishing": value("fishing"),
+                "vessel_length_m": value("length"),
+                "distance_from_shore_km": value("shore"),
+            }
+        )
+    return out
+
+
+class XTVesselDetection(BaseTask):
+    """xView3-style vessel detection with an xT encoder and CenterNet-style point heads.
+
+    Heads (at ``out_stride``): centre ``heatmap`` (penalty-reduced focal loss on Gaussian
+    targets), ``vessel`` and ``fishing`` (BCE at labelled centres; fishing only for
+    vessels) and ``length`` (L1 on log metres at vessels with a length). Validation / test
+    log the loss parts and the xView3 components; ``val_xview3`` is the aggregate.
+
+    Batches come from :class:`~xt_plugins.torchgeo.SARSceneDataModule` with
+    ``task="detection"`` and ``target_stride == out_stride``.
+
+    Args:
+        model: registered xT model name (the encoder; its classifier is dropped).
+        weights: True for the region encoder's timm weights, or a state-dict path.
+        in_channels: input channels (VV, VH, ...).
+        region_size: xT region side in pixels.
+        context: context encoder (``none``, ``txl``, ``hyper``, ``mamba``) replacing the one
+            in the model name (None: keep it).
+        context_pool: pool each region to ``k x k`` context tokens (None: all tokens).
+        grad_ratio: fraction of regions whose region-encoder pass keeps gradients.
+        region_chunk: encode at most this many regions at a time.
+        checkpoint_regions: activation checkpointing of the region encoder.
+        model_kwargs: more options for :func:`xt_plugins.create_model`.
+        decoder_channels: width of the dense decoder and heads.
+        out_stride: output stride, 4 or 2.
+        heatmap_weight: weight of the heatmap loss.
+        class_weight: weight of the vessel and fishing losses.
+        length_weight: weight of the length loss.
+        score_threshold: smallest centre probability of a detection.
+        nms_kernel: peak-finding window in output cells.
+        match_distance_m: xView3 match distance (metres).
+        shore_distance_km: xView3 close-to-shore distance (km).
+        lr: learning rate.
+        patience: patience of the learning-rate scheduler.
+        freeze_backbone: train only the decoder and heads.
+
+    .. versionadded:: 0.1
+    """
+
+    monitor = "val_loss"
+
+    def __init__(
+        self,
+        model: str = "xt_swinv2_tiny_mamba",
+        weights: bool | str | None = None,
+        in_channels: int = 2,
+        region_size: int = 256,
+        context: str | None = None,
+        context_pool: int | None = None,
+        grad_ratio: float = 1.0,
+        region_chunk: int | None = None,
+        checkpoint_regions: bool = False,
+        model_kwargs: dict[str, Any] | None = None,
+        decoder_channels: int = 64,
+        out_stride: int = 4,
+        heatmap_weight: float = 1.0,
+        class_weight: float = 1.0,
+        length_weight: float = 0.5,
+        score_threshold: float = 0.3,
+        nms_kernel: int = 3,
+        match_distance_m: float = MATCH_DISTANCE_M,
+        shore_distance_km: float = SHORE_DISTANCE_KM,
+        lr: float = 1e-4,
+        patience: int = 10,
+        freeze_backbone: bool = False,
+    ) -> None:
+        self.weights = weights
+        super().__init__()
+
+    def configure_models(self) -> None:
+        """Build the xT encoder, the dense decoder and the point heads."""
+        hp = self.hparams
+        encoder = timm.create_model(
+            xt_model_name(hp["model"], hp["context"]),
+            num_classes=0,
+            in_chans=hp["in_channels"],
+            pretrained=self.weights is True,
+            **xt_model_kwargs(hp),
+        )
+        _load_weights(encoder, self.weights)
+        self.model = PointDetector(
+            encoder,
+            decoder_channels=hp["decoder_channels"],
+            out_stride=hp["out_stride"],
+            init_bias={"length": math.log(60.0)},  # log metres of a typical vessel
+        )
+        if hp["freeze_backbone"]:
+            for param in encoder.parameters():
+                param.requires_grad = False
+
+    def configure_metrics(self) -> None:
+        """xView3 metrics for validation and test."""
+        kw = dict(
+            match_distance=self.hparams["match_distance_m"],
+            shore_distance_km=self.hparams["shore_distance_km"],
+        )
+        self.val_metrics = XView3Metric(**kw)
+        self.test_metrics = XView3Metric(**kw)
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:  # type: ignore[override]
+        """Raw dense outputs: name -> (B, 1, ceil(H / s), ceil(W / s))."""
+        return self.model(x)
+
+    # ------------------------------------------------------------------------ losses
+    def compute_losses(
+        self, out: Mapping[str, Tensor], batch: Mapping[str, Tensor]
+    ) -> dict[str, Tensor]:
+        """Loss parts and their weighted sum (``loss``).
+
+        Raises:
+            ValueError: if the targets are not on the outputs' grid (``target_stride`` of
+                the data module differs from ``out_stride``).
+        """
+        heat_t = batch["heatmap"]
+        if heat_t.shape[-2:] != out["heatmap"].shape[-2:]:
+            raise ValueError(
+                f"targets are {tuple(heat_t.shape[-2:])} cells but the detector outputs "
+                f"{tuple(out['heatmap'].shape[-2:])}: set the data module's target_stride to "
+                f"the task's out_stride ({self.hparams['out_stride']})"
+            )
+        losses = {"heatmap": heatmap_focal_loss(out["heatmap"], heat_t)}
+        for key in ("vessel", "fishing"):
+            pred, target = out[key][:, 0], batch[key]
+            known = target >= 0
+            losses[key] = (
+                F.binary_cross_entropy_with_logits(pred[known], target[known].float())
+                if known.any()
+                else pred.sum() * 0.0  # keeps every head in the graph (DDP)
+            )
+        pred, target = out["length"][:, 0], batch["length"]
+        known = target > 0
+        losses["length"] = (
+            F.l1_loss(pred[known], target[known].float().log()) if known.any() else pred.sum() * 0.0
+        )
+        hp = self.hparams
+        losses["loss"] = (
+            hp["heatmap_weight"] * losses["heatmap"]
+            + hp["class_weight"] * (losses["vessel"] + losses["fishing"])
+            + hp["length_weight"] * losses["length"]
+        )
+        return losses
+
+    def _step(
+        self, batch: Mapping[str, Tensor], split: str
+    ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        out = self(batch["image"])
+        losses = self.compute_losses(out, batch)
+        b = batch["image"].shape[0]
+        self.log(f"{split}_loss", losses["loss"], batch_size=b, sync_dist=split != "train")
+        for key in ("heatmap", "vessel", "fishing", "length"):
+            self.log(f"{split}_loss_{key}", losses[key], batch_size=b, sync_dist=split != "train")
+        return out, losses
+
+    def _pixel_size(self, batch: Mapping[str, Tensor]) -> Tensor:
+        if "transform" in batch:
+            return batch["transform"][:, 0].abs()
+        return torch.ones(batch["image"].shape[0])
+
+    def _update_metric(
+        self, metric: XView3Metric, out: Mapping[str, Tensor], batch: Mapping[str, Tensor]
+    ) -> None:
+        hp = self.hparams
+        ps = self._pixel_size(batch)
+        preds = decode_detections(
+            out, hp["out_stride"], ps, hp["score_threshold"], hp["nms_kernel"], batch.get("valid")
+        )
+        metric.update(preds, ground_truth_detections(batch, hp["out_stride"], ps))
+
+    def training_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Tensor:
+        """One training step; returns the loss."""
+        return self._step(batch, "train")[1]["loss"]
+
+    def validation_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        """Validation loss and xView3 counts."""
+        out, _ = self._step(batch, "val")
+        self._update_metric(self.val_metrics, out, batch)
+
+    def test_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        """Test loss and xView3 counts."""
+        out, _ = self._step(batch, "test")
+        self._update_metric(self.test_metrics, out, batch)
+
+    def _log_metric(self, metric: XView3Metric, split: str) -> None:
+        scores = metric.compute()
+        self.log_dict(
+            {
+                f"{split}_{'xview3' if k == 'aggregate' else k}": v.float()
+                for k, v in scores.items()
+            },
+            sync_dist=True,  # identical on every rank (the metric is synced); silences Lightning
+        )
+        metric.reset()
+
+    def on_validation_epoch_end(self) -> None:
+        """Log the xView3 components of the validation windows."""
+        self._log_metric(self.val_metrics, "val")
+
+    def on_test_epoch_end(self) -> None:
+        """Log the xView3 components of the test windows."""
+        self._log_metric(self.test_metrics, "test")
+
+    def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
+        """Probability maps and decoded detections of a batch."""
+        out = self(batch["image"])
+        hp = self.hparams
+        return {
+            "heatmap": out["heatmap"].sigmoid(),
+            "vessel": out["vessel"].sigmoid(),
+            "fishing": out["fishing"].sigmoid(),
+            "length": out["length"].exp(),
+            "detections": decode_detections(
+                out,
+                hp["out_stride"],
+                self._pixel_size(batch),
+                hp["score_threshold"],
+                hp["nms_kernel"],
+                batch.get("valid"),
+            ),
+            "transform": batch.get("transform"),
+        }
