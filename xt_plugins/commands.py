@@ -15,6 +15,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_models)
 
     p = sub.add_parser(
+        "demo",
+        help="run the end-to-end demo on synthetic data (slides + SAR scenes) into demo_out/",
+        description="Generate a whole slide and a SAR scene, fine-tune small xT models through "
+        "the MONAI bundle and torchgeo fit, run whole-slide and whole-scene inference, and "
+        "write heatmaps, GeoJSON, a GeoTIFF and summary.json.",
+    )
+    p.add_argument("--out", type=Path, default=Path("demo_out"), help="output folder")
+    p.add_argument("--quick", action="store_true", help="small sizes (a few minutes)")
+    p.set_defaults(func=_demo)
+
+    p = sub.add_parser(
         "bench",
         help="run a benchmark script from benchmarks/ (prints figures, writes JSON + PNG)",
         description="Run benchmarks/<NAME>.py; arguments after NAME go to the script.",
@@ -62,3 +73,22 @@ def _bench(args: argparse.Namespace) -> int:
             f"no benchmark {args.name!r} in {folder} (available: {', '.join(scripts) or 'none'})"
         )
     return subprocess.call([sys.executable, str(folder / f"{args.name}.py"), *args.args])
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import DemoConfig, run_demo
+
+    config = DemoConfig.quick(args.out) if args.quick else DemoConfig(out=args.out)
+    summary = run_demo(config)
+    print(f"\n{'stage':22s} {'seconds':>8s} {'regions/s':>10s} {'peak MB':>8s}")
+    for s in summary["stages"]:
+        rps = f"{s['regions_per_second']:.1f}" if s["regions_per_second"] else "-"
+        print(f"{s['name']:22s} {s['seconds']:8.1f} {rps:>10s} {s['peak_rss_mb']:8.0f}")
+    out = Path(args.out)
+    print(f"\ntotal {summary['total_seconds']:.0f} s. Pictures and results:")
+    for path in sorted(out.glob("slide/*_heatmap.png")) + sorted(out.glob("sar/*/heatmap.png")):
+        print(f"  {path}")
+    print(f"  {out / 'slide'}  (Zarr region map, GeoJSON for QuPath, predictions.csv)")
+    print(f"  {out / 'sar'}  (GeoTIFF probability map, detections.csv / .geojson)")
+    print(f"  {out / 'summary.json'}")
+    return 0
