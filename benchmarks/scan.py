@@ -1,0 +1,240 @@
+"""Selective-scan speed on CPU: chunked pure-PyTorch ``selective_scan`` vs the sequential reference.
+
+Mamba-layer setting at initialisation: batch 1, d=512 channels, n=16 states, fp32, step sizes
+through ``delta_bias`` + softplus (dt in [0.001, 0.1]), S4D-real ``A``, ``D`` and a ``z`` gate.
+Warm-up once, then the median of ``--repeats`` runs, scan and reference alternating (so both
+see the same load on a shared machine); the sequential reference runs once above
+``--ref-once-above`` tokens and is skipped (recorded as null, with the reason) above
+``--ref-max-length`` or when its (b, d, l, n) tensors would not fit in free memory.
+
+Usage:
+    python benchmarks/scan.py                       # 1k .. 64k tokens, 2 threads
+    python benchmarks/scan.py --lengths 1024 4096 --threads 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import inspect
+import json
+import math
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import psutil
+
+# A shared machine: OpenMP threads that spin while waiting for a descheduled peer turn every
+# parallel op into a scheduler time slice. Sleep instead (set OMP_WAIT_POLICY to override);
+# this must happen before torch loads libgomp.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch  # noqa: E402
+
+from xt_plugins.nn.context.mamba import selective_scan, selective_scan_ref  # noqa: E402
+
+DEFAULT_LENGTHS = [1024, 2048, 4096, 8192, 16384, 32768, 65536]
+
+
+def make_inputs(length: int, d: int, n: int, seed: int = 0) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    dt = torch.exp(torch.rand(d, generator=g) * (math.log(0.1) - math.log(0.001)) + math.log(0.001))
+    return dict(
+        u=torch.randn(1, d, length, generator=g),
+        delta=0.5 * torch.randn(1, d, length, generator=g),
+        A=-torch.arange(1, n + 1, dtype=torch.float32).expand(d, n).contiguous(),
+        B=torch.randn(1, n, length, generator=g),
+        C=torch.randn(1, n, length, generator=g),
+        D=torch.ones(d),
+        z=torch.randn(1, d, length, generator=g),
+        delta_bias=dt + torch.log(-torch.expm1(-dt)),  # inverse softplus
+        delta_softplus=True,
+    )
+
+
+def timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def time_pair(scan, ref, repeats: int, ref_repeats: int, ref_warmup: bool):
+    """Warm up, then alternate scan and reference runs so both see the same machine load."""
+    scan()
+    if ref is not None and ref_warmup:
+        ref()
+    scan_all, ref_all = [], []
+    for i in range(repeats):
+        scan_all.append(timed(scan))
+        if ref is not None and i < ref_repeats:
+            ref_all.append(timed(ref))
+    return scan_all, ref_all
+
+
+def ref_bytes(length: int, d: int, n: int) -> int:
+    # exp(delta A) and delta B u as (b, d, l, n) float32, plus one einsum temporary
+    return 3 * d * n * length * 4
+
+
+def plot(rows: list[dict], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lengths = [r["length"] for r in rows]
+    fig, (ax_t, ax_s) = plt.subplots(1, 2, figsize=(11, 4.2))
+    ax_t.loglog(lengths, [r["scan_s"] for r in rows], "o-", label="selective_scan (chunked)")
+    ref = [(r["length"], r["ref_s"]) for r in rows if r["ref_s"] is not None]
+    if ref:
+        ax_t.loglog(*zip(*ref, strict=True), "s-", label="selective_scan_ref (sequential)")
+    ax_t.set_xlabel("sequence length L (tokens)")
+    ax_t.set_ylabel("seconds per scan (median)")
+    ax_t.set_xscale("log", base=2)
+    ax_t.grid(True, which="both", alpha=0.3)
+    ax_t.legend()
+    sp = [(r["length"], r["speedup"]) for r in rows if r["speedup"] is not None]
+    if sp:
+        ax_s.semilogx(*zip(*sp, strict=True), "o-", color="tab:green")
+        for x, y in sp:
+            ax_s.annotate(
+                f"{y:.0f}x", (x, y), textcoords="offset points", xytext=(0, 6), ha="center"
+            )
+    ax_s.axhline(20, color="grey", ls="--", lw=1, label="20x target")
+    ax_s.set_xscale("log", base=2)
+    ax_s.set_xlabel("sequence length L (tokens)")
+    ax_s.set_ylabel("speedup over the sequential reference")
+    ax_s.set_ylim(bottom=0)
+    ax_s.grid(True, which="both", alpha=0.3)
+    ax_s.legend()
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--lengths", type=int, nargs="+", default=DEFAULT_LENGTHS)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    parser.add_argument("--dim", type=int, default=512, help="channels d")
+    parser.add_argument("--state", type=int, default=16, help="state size n")
+    parser.add_argument("--chunk-size", type=int, default=None, help="default: selective_scan's")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--ref-once-above", type=int, default=16384)
+    parser.add_argument("--ref-max-length", type=int, default=65536)
+    args = parser.parse_args()
+
+    torch.set_num_threads(args.threads)
+    args.out.mkdir(parents=True, exist_ok=True)
+    chunk_kw = {} if args.chunk_size is None else {"chunk_size": args.chunk_size}
+    chunk_size = (
+        args.chunk_size or inspect.signature(selective_scan).parameters["chunk_size"].default
+    )
+    d, n = args.dim, args.state
+    print(
+        f"torch {torch.__version__}, threads {torch.get_num_threads()}, batch 1, d={d}, n={n}, "
+        f"fp32, chunk_size={chunk_size}, OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}, "
+        f"cpu: {platform.processor() or platform.machine()}"
+    )
+
+    load_start = os.getloadavg()[0]
+    rows = []
+    with torch.inference_mode():
+        # correctness at the smallest length
+        x = make_inputs(min(args.lengths), d, n)
+        max_abs_diff = (
+            (selective_scan(**x, **chunk_kw) - selective_scan_ref(**x)).abs().max().item()
+        )
+        print(f"max |scan - ref| at L={min(args.lengths)}: {max_abs_diff:.2e}")
+        for length in args.lengths:
+            x = make_inputs(length, d, n)
+            note, ref, once = None, None, length > args.ref_once_above
+            need = ref_bytes(length, d, n)
+            free = psutil.virtual_memory().available
+            if length > args.ref_max_length:
+                note = f"reference skipped: L > --ref-max-length {args.ref_max_length}"
+            elif need > 0.7 * free:
+                note = f"reference skipped: needs ~{need / 2**30:.1f} GiB, {free / 2**30:.1f} free"
+            else:
+                ref = functools.partial(selective_scan_ref, **x)
+                if once:
+                    note = f"reference: 1 run, no separate warm-up (L > {args.ref_once_above})"
+            scan_all, ref_all = time_pair(
+                functools.partial(selective_scan, **x, **chunk_kw),
+                ref,
+                args.repeats,
+                1 if once else args.repeats,
+                not once,
+            )
+            scan_s = statistics.median(scan_all)
+            ref_s = statistics.median(ref_all) if ref_all else None
+            rows.append(
+                dict(
+                    length=length,
+                    scan_s=scan_s,
+                    ref_s=ref_s,
+                    speedup=None if ref_s is None else ref_s / scan_s,
+                    scan_runs_s=scan_all,
+                    ref_runs_s=ref_all,
+                    note=note,
+                )
+            )
+            r = rows[-1]
+            sp = "-" if r["speedup"] is None else f"{r['speedup']:.1f}x"
+            ref_txt = "null" if ref_s is None else f"{ref_s:.3f}"
+            print(
+                f"L={length:>6}  scan {scan_s:8.3f} s  ref {ref_txt:>8} s  speedup {sp}", flush=True
+            )
+            del x
+
+    print()
+    print(f"{'L':>7} | {'scan (s)':>9} | {'ref (s)':>9} | {'speedup':>8}")
+    print("-" * 43)
+    for r in rows:
+        ref_txt = "null" if r["ref_s"] is None else f"{r['ref_s']:.3f}"
+        sp = "-" if r["speedup"] is None else f"{r['speedup']:.1f}x"
+        print(f"{r['length']:>7} | {r['scan_s']:>9.4f} | {ref_txt:>9} | {sp:>8}")
+        if r["note"]:
+            print(f"        ({r['note']})")
+
+    config = dict(
+        torch=torch.__version__,
+        threads=torch.get_num_threads(),
+        batch=1,
+        d=d,
+        n=n,
+        dtype="float32",
+        device="cpu",
+        chunk_size=chunk_size,
+        repeats=args.repeats,
+        statistic="median",
+        cpu=platform.processor() or platform.machine(),
+        cpu_count=psutil.cpu_count(),
+        omp_wait_policy=os.environ["OMP_WAIT_POLICY"],
+        inputs="Mamba init: dt in [1e-3, 0.1] via delta_bias+softplus, A=-(1..n), D, z",
+        max_abs_diff_at_min_length=max_abs_diff,
+        loadavg_1min=dict(start=load_start, end=os.getloadavg()[0]),
+        note="shared machine: other processes' load is recorded; compare ratios, not seconds",
+    )
+    json_path = args.out / "scan.json"
+    json_path.write_text(json.dumps(dict(config=config, results=rows), indent=2))
+    png_path = args.out / "scan.png"
+    plot(
+        rows,
+        png_path,
+        f"selective scan, CPU fp32, batch 1, d={d}, n={n}, {config['threads']} threads, "
+        f"chunk {chunk_size}",
+    )
+    print(f"1-min load average: {load_start:.2f} at start, {os.getloadavg()[0]:.2f} at end")
+    print(f"\nwrote {json_path} and {png_path}")
+
+
+if __name__ == "__main__":
+    main()

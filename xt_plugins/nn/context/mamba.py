@@ -1,0 +1,875 @@
+"""Mamba context encoder: a pure-PyTorch, state-carrying Mamba-1 with an optional CUDA fast path.
+
+Three layers of the same idea live here:
+
+* :func:`selective_scan_ref`: the selective scan as a plain loop over time (the semantics of
+  ``mamba_ssm.ops.selective_scan_interface.selective_scan_fn``, plus an initial state).
+* :func:`selective_scan`: the same result from a blocked scan that loops over time only
+  ``O(L / sqrt(chunk_size))`` times in Python, with memory ``O(b * d * n * chunk_size)``.
+* :class:`Mamba`: parameter-compatible with ``mamba_ssm.Mamba`` (Mamba-1) and able to take and
+  return its ``(conv_state, ssm_state)``, so a sequence run in pieces equals one pass.
+
+:class:`MambaContext` stacks bidirectional (alternating direction) Mamba layers over the region
+token sequence and can run layer by layer in chunks (:meth:`MambaContext.forward_chunked`).
+
+``mamba_ssm`` cannot be imported without its CUDA extension; when it imports and the input is
+on CUDA, its fused ``selective_scan_fn`` (and ``causal_conv1d_fn`` when available) is used,
+otherwise everything runs in plain PyTorch. :data:`HAS_MAMBA_SSM` says which.
+
+.. versionadded:: 0.1
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from .base import ContextEncoder, register_context, sincos_2d
+
+try:  # the CUDA kernels; importing fails without a CUDA build (OSError, ImportError, ...)
+    from mamba_ssm.ops.selective_scan_interface import (
+        selective_scan_fn as _cuda_selective_scan_fn,
+    )
+
+    HAS_MAMBA_SSM = True
+except Exception:  # pragma: no cover - depends on the machine
+    _cuda_selective_scan_fn = None
+    HAS_MAMBA_SSM = False
+
+try:
+    from causal_conv1d import causal_conv1d_fn as _causal_conv1d_fn
+
+    HAS_CAUSAL_CONV1D = True
+except Exception:  # pragma: no cover - depends on the machine
+    _causal_conv1d_fn = None
+    HAS_CAUSAL_CONV1D = False
+
+__all__ = [
+    "HAS_MAMBA_SSM",
+    "HAS_CAUSAL_CONV1D",
+    "selective_scan_ref",
+    "selective_scan",
+    "Mamba",
+    "MambaContext",
+]
+
+_LOG2_E = 1.0 / math.log(2.0)
+
+#: ``(conv_state (B, d_inner, d_conv - 1), ssm_state (B, d_inner, d_state))``
+MambaState = tuple[Tensor, Tensor]
+
+
+# ----------------------------------------------------------------------------- selective scan
+def _prepare_delta(delta: Tensor, delta_bias: Tensor | None, delta_softplus: bool) -> Tensor:
+    """Step sizes as the kernel sees them: float, plus bias, through softplus if asked."""
+    delta = delta.float()
+    if delta_bias is not None:
+        delta = delta + delta_bias[..., None].float()
+    if delta_softplus:
+        delta = F.softplus(delta)
+    return delta
+
+
+def _finish(y: Tensor, u: Tensor, D: Tensor | None, z: Tensor | None, dtype: torch.dtype) -> Tensor:
+    """Skip connection and gate: ``(y + D u) * silu(z)``, cast to the input dtype."""
+    if D is not None:
+        y = y + u * D.float()[:, None]
+    if z is not None:
+        y = y * F.silu(z.float())
+    return y.to(dtype)
+
+
+def _check_shapes(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor) -> None:
+    if u.ndim != 3 or delta.shape != u.shape:
+        raise ValueError(
+            f"u and delta must both be (b, d, l), got {tuple(u.shape)} and {tuple(delta.shape)}"
+        )
+    b, d, length = u.shape
+    if A.ndim != 2 or A.shape[0] != d:
+        raise ValueError(f"A must be (d={d}, n), got {tuple(A.shape)}")
+    n = A.shape[1]
+    for name, t in (("B", B), ("C", C)):
+        if t.shape != (b, n, length):
+            raise ValueError(
+                f"{name} must be input-dependent (b={b}, n={n}, l={length}), got {tuple(t.shape)}"
+            )
+
+
+def selective_scan_ref(
+    u: Tensor,
+    delta: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Tensor | None = None,
+    z: Tensor | None = None,
+    delta_bias: Tensor | None = None,
+    delta_softplus: bool = False,
+    initial_state: Tensor | None = None,
+    return_last_state: bool = False,
+) -> Tensor | tuple[Tensor, Tensor]:
+    """Selective scan as a sequential loop over time (the reference semantics).
+
+    For every channel ``d`` and state ``n``:
+    ``h_t = exp(delta_t A) h_{t-1} + delta_t B_t u_t``, ``y_t = C_t . h_t + D u_t``, and
+    ``out_t = y_t * silu(z_t)``. Same arguments and result as ``mamba_ssm``'s
+    ``selective_scan_fn`` (input-dependent ``B`` and ``C``), plus ``initial_state``.
+
+    Args:
+        u: (b, d, l) input.
+        delta: (b, d, l) step sizes (before ``delta_bias`` and softplus).
+        A: (d, n) state matrix (diagonal per channel; negative for a stable scan).
+        B: (b, n, l) input projection.
+        C: (b, n, l) output projection.
+        D: (d,) skip weight.
+        z: (b, d, l) gate.
+        delta_bias: (d,) added to ``delta``.
+        delta_softplus: apply softplus to ``delta`` (after the bias).
+        initial_state: (b, d, n) state before the first step (zeros if None).
+        return_last_state: also return the state after the last step.
+
+    Returns:
+        ``out`` (b, d, l) in ``u``'s dtype, or ``(out, last_state)`` with last_state (b, d, n)
+        float32.
+    """
+    _check_shapes(u, delta, A, B, C)
+    dtype_in = u.dtype
+    u = u.float()
+    delta = _prepare_delta(delta, delta_bias, delta_softplus)
+    A, B, C = A.float(), B.float(), C.float()
+    b, d, length = u.shape
+    n = A.shape[1]
+    x = u.new_zeros(b, d, n) if initial_state is None else initial_state.float()
+    delta_a = torch.exp(torch.einsum("bdl,dn->bdln", delta, A))  # (b, d, l, n)
+    delta_b_u = torch.einsum("bdl,bnl,bdl->bdln", delta, B, u)  # (b, d, l, n)
+    ys = []
+    for i in range(length):
+        x = delta_a[:, :, i] * x + delta_b_u[:, :, i]  # (b, d, n)
+        ys.append(torch.einsum("bdn,bn->bd", x, C[:, :, i]))
+    y = torch.stack(ys, dim=2) if ys else u.new_zeros(b, d, 0)  # (b, d, l)
+    out = _finish(y, u, D, z, dtype_in)
+    return (out, x) if return_last_state else out
+
+
+def _split_chunk(chunk_size: int) -> tuple[int, int]:
+    """Split a chunk of ``chunk_size`` steps into ``k`` sub-chunks of ``t ~ sqrt`` steps."""
+    chunk_size = max(1, int(chunk_size))
+    t = 2 ** round(math.log2(chunk_size) / 2)
+    return t, max(1, chunk_size // t)
+
+
+def _time_major(x: Tensor) -> Tensor:
+    """(b, c, l) -> (b, l, c) contiguous; free for a transposed view of a (b, l, c) tensor."""
+    xt = x.transpose(1, 2)
+    if xt.is_contiguous():
+        return xt
+    out = x.new_empty(xt.shape)
+    for i in range(x.shape[0]):
+        out[i].copy_(xt[i])  # 2-D copies take PyTorch's blocked transpose path
+    return out
+
+
+def _block_view(x: Tensor, start: int, stop: int, t: int) -> Tensor:
+    """Steps ``start:stop`` of a time-major (b, l, c) tensor as (t, k, b, c).
+
+    Time is split into ``k`` sub-chunks of ``t`` steps (step ``j * t + i`` is ``[i, j]``); the
+    last sub-chunk is zero-padded to ``t`` steps. With ``delta = 0`` and ``delta * u = 0`` a
+    padded step leaves the state as it is.
+    """
+    x = x[:, start:stop]  # (b, l_blk, c)
+    pad = (-(stop - start)) % t
+    if pad:
+        x = F.pad(x, (0, 0, 0, pad))
+    b, lb, c = x.shape
+    return x.view(b, lb // t, t, c).permute(2, 1, 0, 3)
+
+
+class _Workspace:
+    """Work buffers of :func:`_scan_block_inplace` and their row views, reused across chunks.
+
+    Args:
+        shape: ``(t, k, b, n, d)``.
+        like: a tensor giving dtype and device.
+    """
+
+    def __init__(self, shape: tuple[int, ...], like: Tensor) -> None:
+        self.shape = shape
+        self.decay = like.new_empty(shape)  # exp(delta A), then its running product
+        self.hs = like.new_empty(shape)  # states
+        self.h_in = like.new_empty(shape[1:])  # (k, b, n, d) state entering each sub-chunk
+        self.decay_t = self.decay.unbind(0)  # t x (k, b, n, d)
+        self.hs_t = self.hs.unbind(0)
+        self.end_decay = self.decay[-1].unbind(0)  # k x (b, n, d)
+        self.end_hs = self.hs[-1].unbind(0)
+        self.h_in_k = self.h_in.unbind(0)
+
+
+def _scan_block_inplace(
+    delta: Tensor, du: Tensor, Bl: Tensor, Cl: Tensor, h: Tensor, At2: Tensor, ws: list
+) -> tuple[Tensor, Tensor]:
+    """One chunk of the blocked scan in reused buffers (no autograd).
+
+    The ``k`` sub-chunks advance together for ``t`` steps from a zero state (one big op per
+    step), the true state entering each sub-chunk is then carried across the ``k`` sub-chunk
+    ends, and its decayed contribution ``prod(exp(delta A)) * h_in`` is added in closed form.
+    Every exponent is ``delta * A <= 0``: nothing grows.
+
+    Args:
+        delta: (t, k, b, d) step sizes (step ``j * t + i`` of the chunk at ``[i, j]``).
+        du: (t, k, b, d) ``delta * u``.
+        Bl: (t, k, b, n).
+        Cl: (t, k, b, n).
+        h: (b, n, d) state entering the chunk.
+        At2: (n, d) ``A * log2(e)``, transposed (``exp2`` is much faster than ``exp`` on CPU).
+        ws: holds the cached :class:`_Workspace` (replaced when the chunk shape changes).
+
+    Returns:
+        ``y = C . h`` (t, k, b, d) and the state (b, n, d) after the chunk.
+    """
+    t, k, b, d = delta.shape
+    n = At2.shape[0]
+    if not ws or ws[0].shape != (t, k, b, n, d):
+        ws[:] = [_Workspace((t, k, b, n, d), delta)]
+    w = ws[0]
+    torch.mul(delta.unsqueeze(-2), At2, out=w.decay).exp2_()  # exp(delta A) <= 1
+    torch.mul(du.unsqueeze(-2), Bl.unsqueeze(-1), out=w.hs)  # delta u B
+    hs_t, decay_t = w.hs_t, w.decay_t
+    for i in range(1, t):  # local scans of all sub-chunks at once, zero initial state
+        hs_t[i].addcmul_(decay_t[i], hs_t[i - 1])
+        decay_t[i].mul_(decay_t[i - 1])  # cumulative decay since the sub-chunk start
+    h_in_k, end_hs, end_decay = w.h_in_k, w.end_hs, w.end_decay
+    h_in_k[0].copy_(h)
+    for j in range(1, k):  # carry across sub-chunks (small ops)
+        torch.addcmul(end_hs[j - 1], end_decay[j - 1], h_in_k[j - 1], out=h_in_k[j])
+    h_out = torch.addcmul(end_hs[-1], end_decay[-1], h_in_k[-1])
+    w.hs.addcmul_(w.decay, w.h_in)  # add the decayed entering state
+    y = torch.matmul(Cl.contiguous().unsqueeze(-2), w.hs).squeeze(-2)  # (t, k, b, d)
+    return y, h_out
+
+
+def _scan_block_autograd(
+    delta: Tensor, du: Tensor, Bl: Tensor, Cl: Tensor, h: Tensor, At2: Tensor
+) -> tuple[Tensor, Tensor]:
+    """:func:`_scan_block_inplace` without in-place ops, so autograd can differentiate it."""
+    t, k = delta.shape[:2]
+    decay = torch.exp2(delta.unsqueeze(-2) * At2)  # (t, k, b, n, d)
+    inc = du.unsqueeze(-2) * Bl.unsqueeze(-1)  # (t, k, b, n, d)
+    hs, cum = [inc[0]], [decay[0]]
+    for i in range(1, t):
+        hs.append(torch.addcmul(inc[i], decay[i], hs[-1]))
+        cum.append(cum[-1] * decay[i])
+    h_loc, cum_decay = torch.stack(hs), torch.stack(cum)
+    h_ins = [h]
+    for j in range(k):
+        h_ins.append(torch.addcmul(h_loc[-1, j], cum_decay[-1, j], h_ins[-1]))
+    h_full = torch.addcmul(h_loc, cum_decay, torch.stack(h_ins[:-1]))
+    y = torch.matmul(Cl.contiguous().unsqueeze(-2), h_full).squeeze(-2)  # (t, k, b, d)
+    return y, h_ins[-1]
+
+
+def selective_scan(
+    u: Tensor,
+    delta: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Tensor | None = None,
+    z: Tensor | None = None,
+    delta_bias: Tensor | None = None,
+    delta_softplus: bool = False,
+    initial_state: Tensor | None = None,
+    return_last_state: bool = False,
+    chunk_size: int = 64,
+) -> Tensor | tuple[Tensor, Tensor]:
+    """Selective scan in plain PyTorch, chunk by chunk (same result as :func:`selective_scan_ref`).
+
+    The sequence is processed in chunks of ``chunk_size`` steps with the (b, d, n) state carried
+    sequentially between chunks. Inside a chunk the steps are split into ``k`` sub-chunks of
+    ``t ~ sqrt(chunk_size)`` steps: all sub-chunks are scanned together (``t`` tensor ops over
+    ``k`` sub-chunks each), then the state entering every sub-chunk is carried across the ``k``
+    sub-chunk ends and its decay added in closed form. Python loops ``~2 L / sqrt(chunk_size)``
+    times instead of ``L``; every exponent is ``delta * A <= 0`` (no ``exp`` of a large positive
+    number).
+
+    Memory: without autograd only the output is as long as the sequence; each chunk's work
+    buffers are ``2 * b * d * n * chunk_size`` floats (4 MiB for d=512, n=16 at the default 64,
+    which keeps them in a CPU's L2 cache). Under autograd each chunk is checkpointed, so training
+    keeps ``O(b * d * l)`` activations plus one chunk. The work runs time-major (channels
+    innermost): arguments that are (b, d, l) views of (b, l, d) memory (what :class:`Mamba`
+    passes) are read without copies, and the output has the memory layout of ``u``.
+
+    Args:
+        u: (b, d, l) input.
+        delta: (b, d, l) step sizes (before ``delta_bias`` and softplus).
+        A: (d, n) state matrix (negative entries, as ``-exp(A_log)``).
+        B: (b, n, l) input projection.
+        C: (b, n, l) output projection.
+        D: (d,) skip weight.
+        z: (b, d, l) gate.
+        delta_bias: (d,) added to ``delta``.
+        delta_softplus: apply softplus to ``delta`` (after the bias).
+        initial_state: (b, d, n) state before the first step (zeros if None).
+        return_last_state: also return the state after the last step.
+        chunk_size: steps per chunk (work memory grows with it).
+
+    Returns:
+        ``out`` (b, d, l) in ``u``'s dtype, or ``(out, last_state)`` with last_state (b, d, n)
+        float32.
+    """
+    _check_shapes(u, delta, A, B, C)
+    b, d, _ = u.shape
+    n = A.shape[1]
+    At2 = (A.float() * _LOG2_E).t().contiguous()  # (n, d), for exp2
+    h = (  # (b, n, d)
+        u.new_zeros(b, n, d, dtype=torch.float32)
+        if initial_state is None
+        else initial_state.float().transpose(1, 2).contiguous()
+    )
+    t, k = _split_chunk(chunk_size)
+    args = (u, delta, At2, B, C, D, z, delta_bias, delta_softplus, h, t, k)
+    tensors = (u, delta, A, B, C, D, z, delta_bias, initial_state)
+    if torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in tensors):
+        out, h = _scan_autograd(*args)
+    else:
+        out, h = _scan_streaming(*args)
+    out = out.to(u.dtype)
+    if not return_last_state:
+        return out
+    return out, h.transpose(1, 2)  # (b, d, n)
+
+
+def _to_time_major(src: Tensor, dst: Tensor) -> None:
+    """Copy (b, c, l) ``src`` into the first ``l`` rows of a contiguous (b, l_pad, c) ``dst``."""
+    length = src.shape[-1]
+    if src.stride(1) == 1 or src[0].numel() < 4096:  # time-major memory (or tiny): plain copy
+        dst[:, :length].copy_(src.transpose(1, 2))
+        return
+    for i in range(src.shape[0]):  # 2-D copies of contiguous rows take the blocked transpose
+        dst[i, :length].copy_(src[i].contiguous().t())
+
+
+def _from_time_major(src: Tensor, dst: Tensor, tmp: Tensor) -> None:
+    """Copy (b, l, c) ``src`` (rows contiguous) into the (b, c, l) view ``dst``.
+
+    ``tmp`` is a contiguous scratch buffer of at least ``c * l`` floats for the 2-D transposes.
+    """
+    if dst.stride(1) == 1 or src[0].numel() < 4096:
+        dst.copy_(src.transpose(1, 2))
+        return
+    c, length = dst.shape[1:]
+    rows = _head(tmp, c, length)
+    for i in range(src.shape[0]):
+        rows.copy_(src[i].t())  # blocked 2-D transpose into contiguous scratch
+        dst[i].copy_(rows)
+
+
+def _head(buf: Tensor, *shape: int) -> Tensor:
+    """A contiguous ``shape`` view on the start of a flat-able buffer."""
+    return buf.view(-1)[: math.prod(shape)].view(shape)
+
+
+def _scan_streaming(
+    u: Tensor,
+    delta: Tensor,
+    At2: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Tensor | None,
+    z: Tensor | None,
+    delta_bias: Tensor | None,
+    delta_softplus: bool,
+    h: Tensor,
+    t: int,
+    k: int,
+    stage_len: int = 1024,
+) -> tuple[Tensor, Tensor]:
+    """No-autograd scan that streams: only the output is as long as the sequence.
+
+    The sequence is staged ``~stage_len`` steps at a time (long rows keep the (b, d, l) reads
+    and writes cache- and TLB-friendly): step sizes and ``delta * u`` are prepared in the
+    caller's layout and copied time-major into small reused buffers, scanned chunk by chunk
+    (:func:`_scan_block_inplace`), and the outputs are written back, skip-connected and gated
+    in place.
+
+    Returns:
+        ``(out (b, d, l) float32 in u's memory layout, state (b, n, d))``.
+    """
+    b, d, length = u.shape
+    span = t * k
+    stage = span * max(1, stage_len // span)
+    time_major = u.stride(1) == 1 and length > 1
+    out = (
+        u.new_empty(b, length, d, dtype=torch.float32).transpose(1, 2)
+        if time_major
+        else u.new_empty(b, d, length, dtype=torch.float32)
+    )  # (b, d, l)
+    B_tm = B.float().transpose(1, 2).contiguous()  # (b, l, n), small
+    C_tm = C.float().transpose(1, 2).contiguous()
+    bias = None if delta_bias is None else delta_bias.float()[:, None]  # (d, 1)
+    skip = None if D is None else D.float()[:, None]
+    ws: list[_Workspace] = []
+    # reused buffers (fresh large allocations cost page faults on every call)
+    size = (b, min(stage, -(-length // t) * t), d)
+    delta_st, du_st, y_st, buf_a, buf_b = (u.new_empty(size, dtype=torch.float32) for _ in range(5))
+    for s0 in range(0, length, stage):
+        s1 = min(length, s0 + stage)
+        n_steps, padded = s1 - s0, -(-(s1 - s0) // t) * t
+        u_st = u[:, :, s0:s1].float()  # (b, d, l_stage)
+        dl = _head(buf_a, b, d, n_steps)
+        if bias is not None:
+            torch.add(delta[:, :, s0:s1], bias, out=dl)
+        else:
+            dl.copy_(delta[:, :, s0:s1])
+        if delta_softplus:
+            torch.ops.aten.softplus.out(dl, 1.0, 20.0, out=dl)  # F.softplus, in place
+        du = torch.mul(dl, u_st, out=_head(buf_b, b, d, n_steps))
+        _to_time_major(dl, delta_st)
+        _to_time_major(du, du_st)
+        if n_steps < padded:  # padded steps: delta = 0, delta * u = 0 leave the state as is
+            delta_st[:, n_steps:padded] = 0.0
+            du_st[:, n_steps:padded] = 0.0
+        for c0 in range(0, n_steps, span):
+            c1 = min(n_steps, c0 + span)
+            rows = slice(c0, c0 + -(-(c1 - c0) // t) * t)
+            views = [x[:, rows].view(b, -1, t, d).permute(2, 1, 0, 3) for x in (delta_st, du_st)]
+            Bl, Cl = (_block_view(x, s0 + c0, s0 + c1, t) for x in (B_tm, C_tm))
+            y, h = _scan_block_inplace(*views, Bl, Cl, h, At2, ws)  # (t, k, b, d)
+            y_st[:, rows].view(b, -1, t, d).copy_(y.permute(2, 1, 0, 3))
+        out_st = out[:, :, s0:s1]
+        _from_time_major(y_st[:, :n_steps], out_st, buf_a)
+        if skip is not None:
+            out_st.addcmul_(u_st, skip)
+        if z is not None:
+            z_st = z[:, :, s0:s1].float()
+            gate = torch.sigmoid(z_st, out=_head(buf_b, b, d, n_steps)).mul_(z_st)  # silu
+            out_st.mul_(gate)
+    return out, h
+
+
+def _scan_autograd(
+    u: Tensor,
+    delta: Tensor,
+    At2: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Tensor | None,
+    z: Tensor | None,
+    delta_bias: Tensor | None,
+    delta_softplus: bool,
+    h: Tensor,
+    t: int,
+    k: int,
+) -> tuple[Tensor, Tensor]:
+    """Differentiable scan: out-of-place ops, each chunk checkpointed when there are several.
+
+    Returns:
+        ``(out (b, d, l) float32, state (b, n, d))``.
+    """
+    b, d, length = u.shape
+    span = t * k
+    # time-major (b, l, c): free when the caller's tensors are transposed (b, l, c) views
+    u_tm = _time_major(u).float()
+    delta_tm = _time_major(delta).float()
+    if delta_bias is not None:
+        delta_tm = delta_tm + delta_bias.float()
+    if delta_softplus:
+        delta_tm = F.softplus(delta_tm)
+    du_tm = delta_tm * u_tm  # (b, l, d)
+    B_tm, C_tm = _time_major(B).float(), _time_major(C).float()  # (b, l, n)
+    ys = []
+    for start in range(0, length, span):
+        stop = min(length, start + span)
+        blk = [_block_view(x, start, stop, t) for x in (delta_tm, du_tm, B_tm, C_tm)]
+        if length > span:  # several chunks: keep only each chunk's inputs for backward
+            y, h = checkpoint(_scan_block_autograd, *blk, h, At2, use_reentrant=False)
+        else:
+            y, h = _scan_block_autograd(*blk, h, At2)
+        ys.append(y.permute(2, 1, 0, 3).reshape(b, -1, d)[:, : stop - start])
+    y_tm = torch.cat(ys, dim=1) if ys else u_tm.new_zeros(b, 0, d)  # (b, l, d)
+    if D is not None:
+        y_tm = y_tm + u_tm * D.float()
+    if z is not None:
+        y_tm = y_tm * F.silu(_time_major(z).float())
+    return y_tm.transpose(1, 2), h
+
+
+def _kernel_scan_with_state(
+    kernel: Callable[..., Any],
+    u: Tensor,
+    delta: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Tensor | None = None,
+    z: Tensor | None = None,
+    delta_bias: Tensor | None = None,
+    delta_softplus: bool = False,
+    initial_state: Tensor | None = None,
+    chunk_size: int = 2048,
+) -> tuple[Tensor, Tensor]:
+    """Run a zero-initial-state scan kernel (``mamba_ssm``'s) and add an initial state exactly.
+
+    The scan is linear in its state, so the initial state's share is added in closed form:
+    ``h_t += exp(A * cumsum(delta)_t) h_0`` (exponents <= 0), i.e.
+    ``y_t += sum_n C_t exp(A S_t) h_0``, computed ``chunk_size`` steps at a time.
+
+    Returns:
+        ``(out (b, d, l), last_state (b, d, n) float32)``.
+    """
+    if initial_state is None:
+        return kernel(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state=True)
+    y, last = kernel(u, delta, A, B, C, D, None, delta_bias, delta_softplus, return_last_state=True)
+    dts = _prepare_delta(delta, delta_bias, delta_softplus).cumsum(-1)  # (b, d, l)
+    h0, A = initial_state.float(), A.float()
+    extra = []
+    for s in range(0, u.shape[-1], chunk_size):
+        decay = torch.exp(dts[..., s : s + chunk_size, None] * A[:, None])  # (b, d, lc, n)
+        extra.append(
+            torch.einsum("bdln,bdn,bnl->bdl", decay, h0, C[..., s : s + chunk_size].float())
+        )
+    y = y.float() + torch.cat(extra, dim=-1)
+    if z is not None:
+        y = y * F.silu(z.float())
+    last = last.float() + torch.exp(dts[..., -1:] * A) * h0
+    return y.to(u.dtype), last
+
+
+# ----------------------------------------------------------------------------- Mamba layer
+class Mamba(nn.Module):
+    """Mamba-1 mixer, parameter-compatible with ``mamba_ssm.Mamba``, with a carried state.
+
+    Same constructor, parameter names, shapes and initialisation as upstream (``in_proj``,
+    ``conv1d``, ``x_proj``, ``dt_proj``, ``A_log``, ``D``, ``out_proj``), so upstream weights
+    load with ``load_state_dict``. Unlike upstream's training path, :meth:`forward` takes and
+    returns the ``(conv_state, ssm_state)`` so a sequence can be run in pieces.
+
+    Args:
+        d_model: token dimension.
+        d_state: SSM state size ``n``.
+        d_conv: depthwise causal convolution width.
+        expand: ``d_inner = expand * d_model``.
+        dt_rank: rank of the step-size projection (``"auto"``: ``ceil(d_model / 16)``).
+        dt_min: smallest initial step size.
+        dt_max: largest initial step size.
+        dt_init: ``"random"`` or ``"constant"`` initialisation of ``dt_proj.weight``.
+        dt_scale: scale of the ``dt_proj.weight`` initialisation.
+        dt_init_floor: floor of the initial step sizes.
+        conv_bias: bias in ``conv1d``.
+        bias: bias in ``in_proj`` and ``out_proj``.
+        use_fast_path: use ``mamba_ssm``/``causal_conv1d`` kernels for CUDA inputs when present.
+        layer_idx: kept for upstream compatibility.
+        chunk_size: chunk length of the pure-PyTorch scan (:func:`selective_scan`).
+        device: parameter device (``"meta"`` works).
+        dtype: parameter dtype (``A_log`` and ``D`` stay float32, as upstream).
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        d_state: int = 16,
+        d_conv: int = 4,
+        expand: int = 2,
+        dt_rank: int | str = "auto",
+        dt_min: float = 0.001,
+        dt_max: float = 0.1,
+        dt_init: str = "random",
+        dt_scale: float = 1.0,
+        dt_init_floor: float = 1e-4,
+        conv_bias: bool = True,
+        bias: bool = False,
+        use_fast_path: bool = True,
+        layer_idx: int | None = None,
+        chunk_size: int = 64,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        factory = {"device": device, "dtype": dtype}
+        super().__init__()
+        self.d_model = d_model
+        self.d_state = d_state
+        self.d_conv = d_conv
+        self.expand = expand
+        self.d_inner = int(expand * d_model)
+        self.dt_rank = math.ceil(d_model / 16) if dt_rank == "auto" else int(dt_rank)
+        self.use_fast_path = use_fast_path
+        self.layer_idx = layer_idx
+        self.chunk_size = chunk_size
+
+        self.in_proj = nn.Linear(d_model, self.d_inner * 2, bias=bias, **factory)
+        self.conv1d = nn.Conv1d(
+            self.d_inner,
+            self.d_inner,
+            kernel_size=d_conv,
+            groups=self.d_inner,
+            padding=d_conv - 1,
+            bias=conv_bias,
+            **factory,
+        )
+        self.activation = "silu"
+        self.act = nn.SiLU()
+        self.x_proj = nn.Linear(self.d_inner, self.dt_rank + d_state * 2, bias=False, **factory)
+        self.dt_proj = nn.Linear(self.dt_rank, self.d_inner, bias=True, **factory)
+
+        # dt projection: preserve variance at initialisation
+        dt_init_std = self.dt_rank**-0.5 * dt_scale
+        if dt_init == "constant":
+            nn.init.constant_(self.dt_proj.weight, dt_init_std)
+        elif dt_init == "random":
+            nn.init.uniform_(self.dt_proj.weight, -dt_init_std, dt_init_std)
+        else:
+            raise NotImplementedError(f"dt_init must be 'random' or 'constant', got {dt_init!r}")
+        # dt bias: softplus(bias) log-uniform in [dt_min, dt_max]
+        dt = torch.exp(
+            torch.rand(self.d_inner, **factory) * (math.log(dt_max) - math.log(dt_min))
+            + math.log(dt_min)
+        ).clamp(min=dt_init_floor)
+        inv_dt = dt + torch.log(-torch.expm1(-dt))  # inverse of softplus
+        with torch.no_grad():
+            self.dt_proj.bias.copy_(inv_dt)
+        self.dt_proj.bias._no_reinit = True
+
+        # S4D real initialisation, kept in float32
+        A = torch.arange(1, d_state + 1, dtype=torch.float32, device=device)
+        self.A_log = nn.Parameter(torch.log(A).expand(self.d_inner, -1).contiguous())
+        self.A_log._no_weight_decay = True
+        self.D = nn.Parameter(torch.ones(self.d_inner, device=device))
+        self.D._no_weight_decay = True
+
+        self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias, **factory)
+
+    def _use_kernels(self, x: Tensor) -> bool:
+        return self.use_fast_path and HAS_MAMBA_SSM and x.is_cuda
+
+    def _conv(self, x: Tensor, conv_state: Tensor | None) -> tuple[Tensor, Tensor]:
+        """Causal depthwise conv + SiLU, time-major, continuing from ``conv_state``.
+
+        Args:
+            x: (B, L, d_inner) pre-conv activations.
+            conv_state: (B, d_inner, d_conv - 1) the previous inputs (None: zeros).
+
+        Returns:
+            (B, L, d_inner) activations and the new conv state.
+        """
+        b, length, d = x.shape
+        k = self.d_conv - 1
+        fresh = conv_state is None
+        if conv_state is None:
+            conv_state = x.new_zeros(b, d, k)
+        x_cat = torch.cat([conv_state.transpose(1, 2).to(x.dtype), x], dim=1)  # (B, k + L, d)
+        new_state = x_cat[:, x_cat.shape[1] - k :].transpose(1, 2).contiguous()  # (B, d, k)
+        weight = self.conv1d.weight[:, 0]  # (d_inner, d_conv)
+        if fresh and HAS_CAUSAL_CONV1D and self._use_kernels(x):  # pragma: no cover - CUDA only
+            out = _causal_conv1d_fn(
+                x=x.transpose(1, 2), weight=weight, bias=self.conv1d.bias, activation="silu"
+            )
+            return out.transpose(1, 2), new_state
+        # out_t = bias + sum_i w_i x_{t - k + i}: d_conv shifted multiply-adds, no transposes
+        out = x_cat[:, :length] * weight[:, 0]
+        for i in range(1, self.d_conv):
+            out = out.addcmul(x_cat[:, i : i + length], weight[:, i])
+        if self.conv1d.bias is not None:
+            out = out + self.conv1d.bias
+        return self.act(out), new_state
+
+    def forward(
+        self, hidden_states: Tensor, state: MambaState | None = None
+    ) -> tuple[Tensor, MambaState]:
+        """Mix a sequence, continuing from ``state``.
+
+        Args:
+            hidden_states: (B, L, d_model).
+            state: ``(conv_state (B, d_inner, d_conv - 1), ssm_state (B, d_inner, d_state))``
+                from the previous piece of the sequence (None to start fresh).
+
+        Returns:
+            ``(out (B, L, d_model), new_state)``.
+        """
+        conv_state, ssm_state = state if state is not None else (None, None)
+        x, z = self.in_proj(hidden_states).chunk(2, dim=-1)  # (B, L, d_inner) each
+        x, new_conv_state = self._conv(x, conv_state)
+        x_dbl = self.x_proj(x)  # (B, L, dt_rank + 2 n)
+        dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
+        dt = F.linear(dt, self.dt_proj.weight)  # (B, L, d_inner); the bias goes to the scan
+        A = -torch.exp(self.A_log.float())  # (d_inner, n)
+        # the scan's (b, d, l) arguments as views of time-major memory: no copies
+        args = (
+            *(v.transpose(1, 2) for v in (x, dt)),
+            A,
+            *(v.transpose(1, 2) for v in (B, C)),
+            self.D.float(),
+            z.transpose(1, 2),
+            self.dt_proj.bias.float(),
+            True,
+        )
+        if self._use_kernels(x) and x.shape[1] > 0:  # pragma: no cover - CUDA only
+            y, new_ssm_state = _kernel_scan_with_state(
+                _cuda_selective_scan_fn,
+                *(a.contiguous() if isinstance(a, Tensor) else a for a in args),
+                initial_state=ssm_state,
+            )
+        else:
+            y, new_ssm_state = selective_scan(
+                *args,
+                initial_state=ssm_state,
+                return_last_state=True,
+                chunk_size=self.chunk_size,
+            )
+        out = self.out_proj(y.transpose(1, 2))  # (B, L, d_model)
+        return out, (new_conv_state, new_ssm_state)
+
+
+# ----------------------------------------------------------------------------- context encoder
+class MambaBlock(nn.Module):
+    """Pre-norm residual Mamba layer, ``x + Mamba(LayerNorm(x))``, in one scan direction.
+
+    Args:
+        dim: token dimension.
+        reverse: scan right-to-left (the sequence is flipped around the mixer).
+        **mamba_kwargs: passed to :class:`Mamba`.
+    """
+
+    def __init__(self, dim: int, reverse: bool = False, **mamba_kwargs: Any) -> None:
+        super().__init__()
+        self.reverse = reverse
+        self.norm = nn.LayerNorm(dim)
+        self.mixer = Mamba(dim, **mamba_kwargs)
+
+    def mix(self, x: Tensor, state: MambaState | None = None) -> tuple[Tensor, MambaState]:
+        """Residual update for a piece of sequence given in scan order.
+
+        Args:
+            x: (B, L, D) tokens, already in scan order (flipped by the caller if reverse).
+            state: the mixer's state after the previous piece.
+
+        Returns:
+            ``(x + mixer(norm(x)) (B, L, D), new_state)``.
+        """
+        y, state = self.mixer(self.norm(x), state)
+        return x + y, state
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(B, N, D) -> (B, N, D), one pass over the whole sequence in this block's direction."""
+        if self.reverse:
+            return self.mix(x.flip(1))[0].flip(1)
+        return self.mix(x)[0]
+
+
+@register_context("mamba")
+class MambaContext(ContextEncoder):
+    """Bidirectional Mamba context encoder, as in xT (region tokens integrated by Mamba).
+
+    Tokens get a trainable projection of the 2-D sine-cosine embedding of their (row, col);
+    layers alternate direction (even: left-to-right, odd: right-to-left), so every token sees
+    the whole sequence after two layers. :meth:`forward_chunked` gives the same result with
+    memory bounded by a chunk of tokens per layer.
+
+    Args:
+        dim: token dimension.
+        depth: number of Mamba layers.
+        d_state: SSM state size.
+        d_conv: causal convolution width.
+        expand: inner width multiplier.
+        chunk_size: chunk length of the pure-PyTorch scan.
+        **kwargs: ignored (``segment_len``, ``mem_len``, ``num_heads`` ... of the other
+            encoders), so every context encoder takes one set of options.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        depth: int = 2,
+        d_state: int = 16,
+        d_conv: int = 4,
+        expand: int = 2,
+        chunk_size: int = 256,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(dim)
+        self.depth = depth
+        self.pos_proj = nn.Linear(dim, dim)
+        nn.init.trunc_normal_(self.pos_proj.weight, std=0.02)
+        nn.init.zeros_(self.pos_proj.bias)
+        self.blocks = nn.ModuleList(
+            MambaBlock(
+                dim,
+                reverse=i % 2 == 1,
+                d_state=d_state,
+                d_conv=d_conv,
+                expand=expand,
+                chunk_size=chunk_size,
+                layer_idx=i,
+            )
+            for i in range(depth)
+        )
+        self.norm = nn.LayerNorm(dim)
+        # upstream MixerModel's pre-norm residual rescale of the output projections
+        for block in self.blocks:
+            w = block.mixer.out_proj.weight
+            nn.init.kaiming_uniform_(w, a=math.sqrt(5))
+            with torch.no_grad():
+                w /= math.sqrt(max(depth, 1))
+
+    def _embed(self, tokens: Tensor, coords: Tensor) -> Tensor:
+        pos = self.pos_proj(sincos_2d(coords, self.dim).to(tokens.dtype))  # (N, D)
+        return tokens + pos  # (B, N, D)
+
+    def forward(self, tokens: Tensor, coords: Tensor, state: Any = None) -> tuple[Tensor, Any]:
+        """Integrate context over the whole sequence in both directions.
+
+        Args:
+            tokens: (B, N, D) region tokens in scan order.
+            coords: (N, 2) (row, col) of each token on the global token grid.
+            state: ignored: a bidirectional encoder needs the whole sequence (use
+                :meth:`forward_chunked` to bound memory).
+
+        Returns:
+            ``(out (B, N, D), None)``.
+        """
+        self._check(tokens, coords)
+        x = self._embed(tokens, coords)
+        for block in self.blocks:
+            x = block(x)
+        return self.norm(x), None
+
+    def forward_chunked(self, tokens: Tensor, coords: Tensor, chunk_len: int) -> Tensor:
+        """:meth:`forward`, layer by layer, each layer over chunks of ``chunk_len`` tokens.
+
+        Each layer's Mamba state is carried from chunk to chunk (reverse layers walk the chunks
+        from the end), so the result equals :meth:`forward` while the activations of only one
+        chunk are alive inside a layer.
+
+        Args:
+            tokens: (B, N, D) region tokens in scan order.
+            coords: (N, 2) (row, col) of each token on the global token grid.
+            chunk_len: tokens per chunk (>= 1).
+
+        Returns:
+            (B, N, D) tokens.
+        """
+        self._check(tokens, coords)
+        if chunk_len < 1:
+            raise ValueError(f"chunk_len must be >= 1, got {chunk_len}")
+        x = self._embed(tokens, coords)
+        n = x.shape[1]
+        starts = list(range(0, n, chunk_len))
+        for block in self.blocks:
+            state = None
+            pieces: list[Tensor] = []
+            for s in reversed(starts) if block.reverse else starts:
+                piece = x[:, s : s + chunk_len]  # (B, <=chunk_len, D)
+                if block.reverse:
+                    out, state = block.mix(piece.flip(1), state)
+                    pieces.append(out.flip(1))
+                else:
+                    out, state = block.mix(piece, state)
+                    pieces.append(out)
+            if block.reverse:
+                pieces.reverse()
+            x = torch.cat(pieces, dim=1) if pieces else x
+        return self.norm(x)
