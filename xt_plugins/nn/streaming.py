@@ -136,7 +136,7 @@ def _pool_image(
     model: XTModel, region_sum: Tensor, ctx: Tensor, counts: Tensor, weights: Tensor
 ) -> tuple[Tensor, Tensor]:
     """Image-level pooled features (C,) and per-region pooled features (R, C)."""
-    per_region = region_sum + (counts[:, :, None] * ctx).sum(dim=1)  # (R, C)
+    per_region = region_sum + torch.einsum("rt,rtc->rc", counts.to(ctx.dtype), ctx)  # (R, C)
     n_valid = counts.sum(dim=1)  # (R,)
     total = (weights * n_valid).sum().clamp_min(1e-6)
     pooled = (weights[:, None] * per_region).sum(dim=0) / total
@@ -393,13 +393,18 @@ def _finish(
     weights = processed.float()
     counts = cell_counts(model, grid)  # (R, T)
     coords = grid.token_coords(model.tokens_per_side)  # (R*T, 2)
-    keep = processed.repeat_interleave(tokens.shape[1])
-    ctx = torch.zeros_like(tokens).reshape(-1, tokens.shape[-1])
-    if keep.any():
-        seq = tokens.reshape(-1, tokens.shape[-1])[keep][None].to(device)
-        ctx[keep] = (
-            _run_context(model, seq, coords[keep].to(device), context_chunk)[0].float().cpu()
-        )
+    flat = tokens.reshape(-1, tokens.shape[-1])  # (R*T, C), a view
+    if bool(processed.all()):  # no copies of the token sequence: it is the big array here
+        ctx = _run_context(model, flat[None].to(device), coords.to(device), context_chunk)[0]
+        ctx = ctx.float().cpu()
+    else:
+        keep = processed.repeat_interleave(tokens.shape[1])
+        ctx = torch.zeros_like(flat)
+        if keep.any():
+            seq = flat[keep][None].to(device)
+            ctx[keep] = (
+                _run_context(model, seq, coords[keep].to(device), context_chunk)[0].float().cpu()
+            )
     ctx = ctx.reshape(tokens.shape)
     pooled, per_region = _pool_image(model, region_sum, ctx, counts, weights)
     logits = model.forward_head(pooled[None].to(device))[0].float().cpu()
