@@ -55,10 +55,10 @@ class DemoConfig:
 
     out: Path = Path("demo_out")
     slide_size: tuple[int, int] = (40000, 30000)
-    train_slides: tuple[int, tuple[int, int]] = (6, (8000, 6000))
+    train_slides: tuple[int, tuple[int, int]] = (4, (4000, 3000))
     slide_mpp: float = 1.0
     slide_region: int = 128
-    slide_epochs: int = 5
+    slide_epochs: int = 4
     scene_size: tuple[int, int] = (12000, 10000)
     train_scenes: tuple[int, tuple[int, int]] = (3, (2000, 1600))
     sar_region: int = 128
