@@ -51,7 +51,6 @@ def _band_indexes(bands: int | Sequence[int] | None, count: int, path: str) -> l
     return [int(b) for b in indexes]
 
 
-
 _LIVE_SOURCES: weakref.WeakSet = weakref.WeakSet()
 
 
@@ -63,6 +62,7 @@ def _close_live_sources() -> None:
             source.close()
         except Exception:  # noqa: S110 - best effort at exit
             pass
+
 
 class RasterSource(ImageSource):
     """A GeoTIFF (or any raster GDAL reads) read window by window through rasterio.
