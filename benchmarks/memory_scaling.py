@@ -64,7 +64,12 @@ def child(mode: str, size: int, workdir: Path, threads: int, cap_gb: float) -> d
         kw = {k: MODEL[k] for k in ("dims", "depths")}
         model = timm.create_model("convnext_tiny", features_only=True, **kw).eval()
     else:
-        model = _model(region_chunk=16, checkpoint_regions=True, grad_ratio=TRAIN_GRAD_RATIO)
+        model = _model(
+            region_chunk=16,
+            checkpoint_regions=True,
+            checkpoint_context=True,
+            grad_ratio=TRAIN_GRAD_RATIO,
+        )
     base_rss, base_uss = psutil.Process().memory_info().rss / 2**20, _common.uss_mb()
     vms = psutil.Process().memory_info().vms
     resource.setrlimit(resource.RLIMIT_AS, (int(vms + cap_gb * 2**30), resource.RLIM_INFINITY))
@@ -167,6 +172,7 @@ def main() -> None:
             "train": {
                 "region_chunk": 16,
                 "checkpoint_regions": True,
+                "checkpoint_context": True,
                 "grad_ratio": TRAIN_GRAD_RATIO,
             },
             "threads": args.threads,

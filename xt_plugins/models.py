@@ -40,6 +40,7 @@ _MODEL_KWARGS = (
     "region_chunk",
     "grad_ratio",
     "checkpoint_regions",
+    "checkpoint_context",
 )
 
 
@@ -67,8 +68,9 @@ def create_model(
         pretrained_region: ``True`` loads timm's pretrained backbone weights (downloads);
             a path loads a local safetensors / torch (``weights_only``) file.
         **region_kwargs: ``context_dim``, ``context_kwargs``, ``drop_rate``, ``region_chunk``,
-            ``grad_ratio``, ``checkpoint_regions`` go to :class:`XTModel`; everything else to
-            ``timm.create_model`` for the backbone (e.g. ``embed_dim``, ``depths``).
+            ``grad_ratio``, ``checkpoint_regions``, ``checkpoint_context`` go to
+            :class:`XTModel`; everything else to ``timm.create_model`` for the backbone (e.g.
+            ``embed_dim``, ``depths``).
 
     Returns:
         The model.

@@ -53,6 +53,10 @@ def test_checkpoint_round_trip_rebuilds_the_network(tmp_path, suffix):
     torch.testing.assert_close(into.eval()(x), net(x))
     with pytest.raises(CheckpointError, match="out_channels: checkpoint 2 != network 4"):
         load_checkpoint(path, tiny_xtnet(out_channels=4))
+    # memory options are not part of the architecture: inference may chunk differently
+    chunked = tiny_xtnet(seed=9, region_chunk=2, checkpoint_context=True)
+    load_checkpoint(path, chunked)
+    torch.testing.assert_close(chunked.eval()(x), net(x))
 
 
 def test_checkpoint_refuses_pickles_and_needs_a_config(tmp_path):

@@ -162,7 +162,9 @@ def test_stream_forward_chunked_checkpointed_gradients_equal_plain(context):
         if pa.grad is None:
             assert pb.grad is None or pb.grad.abs().max() == 0, name
             continue
-        assert torch.allclose(pa.grad, pb.grad, atol=1e-5, rtol=1e-4), name
+        # float32 sums in another order: errors scale with the largest gradient of the tensor
+        scale = float(pa.grad.abs().max())
+        assert torch.allclose(pa.grad, pb.grad, atol=1e-5 + 1e-6 * scale, rtol=1e-4), name
 
 
 def test_grad_ratio_keeps_region_order_and_subset_gradients():

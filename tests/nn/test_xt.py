@@ -106,6 +106,51 @@ def test_gradients_reach_region_encoder_first_layer(context):
         )
 
 
+def _saved_bytes(fn) -> tuple[torch.Tensor, int]:
+    """Run ``fn()`` and count the bytes autograd saves for backward outside checkpoints."""
+    total = 0
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        nonlocal total
+        total += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    return out, total
+
+
+@pytest.mark.parametrize("context", ["txl", "hyper", "mamba"])
+def test_checkpoint_context_same_gradients_fewer_saved_activations(context):
+    torch.manual_seed(0)
+    x = torch.randn(1, 3, 192, 256)  # 12 regions x 4 context tokens
+    target = torch.tensor([1])
+    plain = tiny_model("convnext_tiny", context, num_classes=2).train()
+    ckpt = tiny_model("convnext_tiny", context, num_classes=2, checkpoint_context=True).train()
+    ckpt.load_state_dict(plain.state_dict())
+    assert ckpt.checkpoint_context and not plain.checkpoint_context
+    tokens = torch.randn(1, 48, plain.context.dim, requires_grad=True)
+    coords = plain.grid_for(192, 256).token_coords(plain.tokens_per_side)
+    _, plain_bytes = _saved_bytes(lambda: plain.context(tokens, coords)[0])
+    _, ckpt_bytes = _saved_bytes(lambda: ckpt.context(tokens, coords)[0])
+    assert ckpt_bytes < 0.5 * plain_bytes  # only layer inputs survive to the backward pass
+    for model in (plain, ckpt):
+        torch.nn.functional.cross_entropy(model(x), target).backward()
+    for (name, pa), pb in zip(plain.named_parameters(), ckpt.parameters(), strict=True):
+        assert (pa.grad is None) == (pb.grad is None), name
+        if pa.grad is not None:
+            scale = float(pa.grad.abs().max())
+            assert torch.allclose(pa.grad, pb.grad, atol=1e-6 + 1e-5 * scale), name
+
+
+def test_set_grad_checkpointing_switches_regions_and_context():
+    model = tiny_model("convnext_tiny", "mamba")
+    model.set_grad_checkpointing(True)
+    assert model.checkpoint_regions and model.context.grad_checkpointing
+    model.set_grad_checkpointing(False)
+    assert not model.checkpoint_regions and not model.checkpoint_context
+
+
 @pytest.mark.parametrize("backbone", sorted(TINY_BACKBONES))
 def test_backbones_with_two_input_channels(backbone):
     model = tiny_model(backbone, "txl", in_chans=2, num_classes=2).eval()

@@ -61,8 +61,9 @@ class XTNet(XTModel):
         pretrained_region: ``True`` loads timm's pretrained backbone weights (downloads); a path
             loads a local safetensors / torch (``weights_only``) file.
         **kwargs: :class:`XTModel` options (``context_dim``, ``context_kwargs``, ``drop_rate``,
-            ``region_chunk``, ``grad_ratio``, ``checkpoint_regions``); everything else goes to
-            ``timm.create_model`` for the backbone (e.g. ``embed_dim``, ``depths``).
+            ``region_chunk``, ``grad_ratio``, ``checkpoint_regions``, ``checkpoint_context``);
+            everything else goes to ``timm.create_model`` for the backbone (e.g. ``embed_dim``,
+            ``depths``).
 
     Attributes:
         config: the constructor arguments (plain types), enough to rebuild the network.
@@ -159,9 +160,16 @@ def _plain(value: Any) -> Any:
     )
 
 
+RUNTIME_OPTIONS = frozenset(
+    {"region_chunk", "grad_ratio", "checkpoint_regions", "checkpoint_context"}
+)
+
+
 def _check_config(found: dict[str, Any], expected: dict[str, Any], where: str) -> None:
     """Raise a :class:`CheckpointError` listing the settings that differ."""
-    ignore = {"pretrained_region"}  # weights that are overwritten anyway
+    # weights that are overwritten anyway, and memory / speed options that leave the weights
+    # and the outputs as they are (inference may chunk differently from training)
+    ignore = {"pretrained_region", *RUNTIME_OPTIONS}
     keys = (set(found) | set(expected)) - ignore
     diff = {
         k: (found.get(k), expected.get(k)) for k in sorted(keys) if found.get(k) != expected.get(k)

@@ -45,6 +45,9 @@ class XTModel(nn.Module):
             gradients (the rest run without; outputs stay in region order).
         checkpoint_regions: recompute region-encoder activations in the backward pass
             (activation checkpointing per chunk).
+        checkpoint_context: recompute the context encoder's activations in the backward pass,
+            layer by layer (training on gigapixel images: the context encoder's activations
+            grow with the number of context tokens).
 
     .. versionadded:: 0.1
     """
@@ -62,6 +65,7 @@ class XTModel(nn.Module):
         region_chunk: int | None = None,
         grad_ratio: float = 1.0,
         checkpoint_regions: bool = False,
+        checkpoint_context: bool = False,
     ) -> None:
         super().__init__()
         if not 0.0 < grad_ratio <= 1.0:
@@ -93,6 +97,7 @@ class XTModel(nn.Module):
             self.context_in = nn.Linear(channels, dim) if dim != channels else nn.Identity()
             self.context = build_context(context, dim, **(context_kwargs or {}))
             self.context_out = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, channels))
+        self.context.grad_checkpointing = checkpoint_context
         self.head = ClassifierHead(channels, num_classes, drop_rate)
         self.num_classes = num_classes
         self.feature_info = [
@@ -101,6 +106,25 @@ class XTModel(nn.Module):
                 zip(region_encoder.channels, region_encoder.reductions, strict=True)
             )
         ]
+
+    @property
+    def checkpoint_context(self) -> bool:
+        """Whether the context encoder recomputes its layers in the backward pass."""
+        return self.context.grad_checkpointing
+
+    @checkpoint_context.setter
+    def checkpoint_context(self, enable: bool) -> None:
+        self.context.grad_checkpointing = bool(enable)
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Switch activation checkpointing on or off (timm's convention).
+
+        Covers the region encoder's chunks and the context encoder's layers
+        (``checkpoint_regions`` and ``checkpoint_context``).
+        """
+        self.checkpoint_regions = bool(enable)
+        self.checkpoint_context = bool(enable)
 
     # ------------------------------------------------------------------ geometry
     @property

@@ -125,7 +125,8 @@ class XTClassification(Classification):
         region_chunk: encode at most this many regions at a time.
         checkpoint_regions: activation checkpointing of the region encoder.
         model_kwargs: more options for :func:`xt_plugins.create_model` (``context_kwargs``,
-            ``context_dim``, ``drop_rate``, backbone options such as ``embed_dim``, ``depths``).
+            ``context_dim``, ``checkpoint_context``, ``drop_rate``, backbone options such as
+            ``embed_dim``, ``depths``).
 
     .. versionadded:: 0.1
     """
@@ -216,7 +217,8 @@ class XTSemanticSegmentation(SemanticSegmentation):
         grad_ratio: fraction of regions whose region-encoder pass keeps gradients.
         region_chunk: encode at most this many regions at a time.
         checkpoint_regions: activation checkpointing of the region encoder.
-        model_kwargs: more options for :func:`xt_plugins.create_model`.
+        model_kwargs: more options for :func:`xt_plugins.create_model` (``context_kwargs``,
+            ``checkpoint_context``, ...).
 
     .. versionadded:: 0.1
     """
@@ -394,7 +396,8 @@ class XTVesselDetection(BaseTask):
         grad_ratio: fraction of regions whose region-encoder pass keeps gradients.
         region_chunk: encode at most this many regions at a time.
         checkpoint_regions: activation checkpointing of the region encoder.
-        model_kwargs: more options for :func:`xt_plugins.create_model`.
+        model_kwargs: more options for :func:`xt_plugins.create_model` (``context_kwargs``,
+            ``checkpoint_context``, ...).
         decoder_channels: width of the dense decoder and heads.
         out_stride: output stride, 4 or 2.
         heatmap_weight: weight of the heatmap loss.

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 __all__ = [
     "ContextEncoder",
@@ -100,9 +101,13 @@ class ContextEncoder(nn.Module):
     Attributes:
         name: the registry name, set by :func:`register_context`.
         dim: token dimension.
+        grad_checkpointing: recompute each layer's activations in the backward pass (only the
+            layer inputs stay alive between forward and backward; set by
+            ``XTModel(checkpoint_context=True)``).
     """
 
     name: str = "base"
+    grad_checkpointing: bool = False
 
     def __init__(self, dim: int) -> None:
         super().__init__()
@@ -123,6 +128,16 @@ class ContextEncoder(nn.Module):
         """
         raise NotImplementedError
 
+    def run_layer(self, layer: nn.Module, *args: Any) -> Any:
+        """Run ``layer(*args)``, checkpointed when :attr:`grad_checkpointing` is on.
+
+        Checkpointing applies only while autograd records; the RNG state is restored for the
+        recomputation.
+        """
+        if self.grad_checkpointing and torch.is_grad_enabled():
+            return checkpoint(layer, *args, use_reentrant=False)
+        return layer(*args)
+
     @staticmethod
     def _check(tokens: Tensor, coords: Tensor) -> None:
         if tokens.ndim != 3:
@@ -140,6 +155,20 @@ def trunc_normal_init(module: nn.Module, std: float = 0.02) -> None:
             nn.init.trunc_normal_(m.weight, std=std)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
+
+
+def identity_init(linear: nn.Linear) -> None:
+    """Start a square Linear as the identity with zero bias.
+
+    The context encoders add ``Linear(sincos_2d(row, col))`` to the region tokens. Initialised
+    like every other Linear (std 0.02) the positions start about 20x weaker than the tokens and
+    the encoder sits on a plateau for hundreds of steps before it uses where regions lie
+    (measured on ``benchmarks/context_task.py``); the identity starts them at unit scale.
+    """
+    with torch.no_grad():
+        nn.init.eye_(linear.weight)
+        if linear.bias is not None:
+            nn.init.zeros_(linear.bias)
 
 
 def num_heads_for(dim: int, head_dim: int = 32) -> int:

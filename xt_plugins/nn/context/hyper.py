@@ -21,7 +21,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import ContextEncoder, num_heads_for, register_context, sincos_2d, trunc_normal_init
+from .base import (
+    ContextEncoder,
+    identity_init,
+    num_heads_for,
+    register_context,
+    sincos_2d,
+    trunc_normal_init,
+)
 
 __all__ = ["hyper_attention", "HyperAttention", "HyperContext"]
 
@@ -359,6 +366,7 @@ class HyperContext(ContextEncoder):
         )
         self.norm = nn.LayerNorm(dim)
         trunc_normal_init(self)
+        identity_init(self.pos_proj)
 
     def forward(self, tokens: Tensor, coords: Tensor, state: Any = None) -> tuple[Tensor, Any]:
         """Integrate context over the whole token sequence.
@@ -375,5 +383,5 @@ class HyperContext(ContextEncoder):
         pos = self.pos_proj(sincos_2d(coords, self.dim).to(tokens.dtype))  # (N, D)
         x = tokens + pos
         for block in self.blocks:
-            x = block(x)
+            x = self.run_layer(block, x)
         return self.norm(x), None

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from .base import ContextEncoder, register_context, sincos_2d
+from .base import ContextEncoder, identity_init, register_context, sincos_2d
 
 try:  # the CUDA kernels; importing fails without a CUDA build (OSError, ImportError, ...)
     from mamba_ssm.ops.selective_scan_interface import (
@@ -776,6 +776,10 @@ class MambaContext(ContextEncoder):
         d_conv: causal convolution width.
         expand: inner width multiplier.
         chunk_size: chunk length of the pure-PyTorch scan.
+        checkpoint_len: with :attr:`grad_checkpointing`, sequences longer than this run each
+            layer in pieces of ``checkpoint_len`` tokens, each piece checkpointed with the scan
+            and convolution state carried (and differentiated) across pieces, so the backward
+            pass recomputes one piece at a time instead of a whole layer.
         **kwargs: ignored (``segment_len``, ``mem_len``, ``num_heads`` ... of the other
             encoders), so every context encoder takes one set of options.
     """
@@ -788,13 +792,16 @@ class MambaContext(ContextEncoder):
         d_conv: int = 4,
         expand: int = 2,
         chunk_size: int = 256,
+        checkpoint_len: int = 2048,
         **kwargs: Any,
     ) -> None:
         super().__init__(dim)
+        if checkpoint_len < 1:
+            raise ValueError(f"checkpoint_len must be >= 1, got {checkpoint_len}")
         self.depth = depth
+        self.checkpoint_len = checkpoint_len
         self.pos_proj = nn.Linear(dim, dim)
-        nn.init.trunc_normal_(self.pos_proj.weight, std=0.02)
-        nn.init.zeros_(self.pos_proj.bias)
+        identity_init(self.pos_proj)
         self.blocks = nn.ModuleList(
             MambaBlock(
                 dim,
@@ -833,8 +840,10 @@ class MambaContext(ContextEncoder):
         """
         self._check(tokens, coords)
         x = self._embed(tokens, coords)
+        if self.grad_checkpointing and torch.is_grad_enabled() and x.shape[1] > self.checkpoint_len:
+            return self.norm(self._layers_in_pieces(x, self.checkpoint_len, True)), None
         for block in self.blocks:
-            x = block(x)
+            x = self.run_layer(block, x)
         return self.norm(x), None
 
     def forward_chunked(self, tokens: Tensor, coords: Tensor, chunk_len: int) -> Tensor:
@@ -855,7 +864,10 @@ class MambaContext(ContextEncoder):
         self._check(tokens, coords)
         if chunk_len < 1:
             raise ValueError(f"chunk_len must be >= 1, got {chunk_len}")
-        x = self._embed(tokens, coords)
+        return self.norm(self._layers_in_pieces(self._embed(tokens, coords), chunk_len, False))
+
+    def _layers_in_pieces(self, x: Tensor, chunk_len: int, checkpointed: bool) -> Tensor:
+        """Every layer over pieces of ``chunk_len`` tokens, the mixer state carried across."""
         n = x.shape[1]
         starts = list(range(0, n, chunk_len))
         for block in self.blocks:
@@ -864,12 +876,13 @@ class MambaContext(ContextEncoder):
             for s in reversed(starts) if block.reverse else starts:
                 piece = x[:, s : s + chunk_len]  # (B, <=chunk_len, D)
                 if block.reverse:
-                    out, state = block.mix(piece.flip(1), state)
-                    pieces.append(out.flip(1))
+                    piece = piece.flip(1)
+                if checkpointed:
+                    out, state = checkpoint(block.mix, piece, state, use_reentrant=False)
                 else:
                     out, state = block.mix(piece, state)
-                    pieces.append(out)
+                pieces.append(out.flip(1) if block.reverse else out)
             if block.reverse:
                 pieces.reverse()
             x = torch.cat(pieces, dim=1) if pieces else x
-        return self.norm(x)
+        return x

@@ -16,7 +16,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import ContextEncoder, num_heads_for, register_context, sincos_2d, trunc_normal_init
+from .base import (
+    ContextEncoder,
+    identity_init,
+    num_heads_for,
+    register_context,
+    sincos_2d,
+    trunc_normal_init,
+)
 
 __all__ = ["TransformerXLContext", "MemoryAttentionBlock"]
 
@@ -94,6 +101,7 @@ class TransformerXLContext(ContextEncoder):
         )
         self.norm = nn.LayerNorm(dim)
         trunc_normal_init(self)
+        identity_init(self.pos)
 
     def forward(
         self, tokens: Tensor, coords: Tensor, state: list[Tensor | None] | None = None
@@ -117,7 +125,7 @@ class TransformerXLContext(ContextEncoder):
             new_mems: list[Tensor | None] = []
             for layer, mem in zip(self.layers, mems, strict=True):
                 new_mems.append(self._update_memory(mem, h))
-                h = layer(h, mem)
+                h = self.run_layer(layer, h, mem)
             mems = new_mems
             outs.append(self.norm(h))
         return torch.cat(outs, dim=1), mems
