@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import inspect
 import json
 import math
 import os
@@ -27,14 +26,19 @@ from pathlib import Path
 
 import psutil
 
-# A shared machine: OpenMP threads that spin while waiting for a descheduled peer turn every
-# parallel op into a scheduler time slice. Sleep instead (set OMP_WAIT_POLICY to override);
-# this must happen before torch loads libgomp.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# OpenMP's wait policy is left as the environment sets it (libgomp's default: spin briefly,
+# then sleep), as in real use. OMP_WAIT_POLICY=PASSIVE helps on a heavily shared machine, where
+# a spinning thread waits for a descheduled peer, but costs the scan's many small parallel ops
+# about 2.5x on a quiet one (0.39 s vs 0.15 s at L=16k, 2 threads).
+WAIT_POLICY = os.environ.get("OMP_WAIT_POLICY", "default")
 
 import torch  # noqa: E402
 
-from xt_plugins.nn.context.mamba import selective_scan, selective_scan_ref  # noqa: E402
+from xt_plugins.nn.context.mamba import (  # noqa: E402
+    auto_chunk_size,
+    selective_scan,
+    selective_scan_ref,
+)
 
 DEFAULT_LENGTHS = [1024, 2048, 4096, 8192, 16384, 32768, 65536]
 
@@ -125,7 +129,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     parser.add_argument("--dim", type=int, default=512, help="channels d")
     parser.add_argument("--state", type=int, default=16, help="state size n")
-    parser.add_argument("--chunk-size", type=int, default=None, help="default: selective_scan's")
+    parser.add_argument(
+        "--chunk-size", type=int, default=None, help="default: selective_scan's (auto_chunk_size)"
+    )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--ref-once-above", type=int, default=16384)
     parser.add_argument("--ref-max-length", type=int, default=65536)
@@ -134,13 +140,11 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     chunk_kw = {} if args.chunk_size is None else {"chunk_size": args.chunk_size}
-    chunk_size = (
-        args.chunk_size or inspect.signature(selective_scan).parameters["chunk_size"].default
-    )
     d, n = args.dim, args.state
+    chunk_size = args.chunk_size or auto_chunk_size(1, d, n)
     print(
         f"torch {torch.__version__}, threads {torch.get_num_threads()}, batch 1, d={d}, n={n}, "
-        f"fp32, chunk_size={chunk_size}, OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}, "
+        f"fp32, chunk_size={chunk_size}, OMP_WAIT_POLICY={WAIT_POLICY}, "
         f"cpu: {platform.processor() or platform.machine()}"
     )
 
@@ -217,7 +221,7 @@ def main() -> None:
         statistic="median",
         cpu=platform.processor() or platform.machine(),
         cpu_count=psutil.cpu_count(),
-        omp_wait_policy=os.environ["OMP_WAIT_POLICY"],
+        omp_wait_policy=WAIT_POLICY,
         inputs="Mamba init: dt in [1e-3, 0.1] via delta_bias+softplus, A=-(1..n), D, z",
         max_abs_diff_at_min_length=max_abs_diff,
         loadavg_1min=dict(start=load_start, end=os.getloadavg()[0]),

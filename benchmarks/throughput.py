@@ -6,6 +6,8 @@ encoder runs on the same number of regions already in memory, same batch size. W
 then the median of ``--repeats`` runs each, alternating, in one process.
 
     python benchmarks/throughput.py                      # ConvNeXt-T + Mamba, 3072^2, 2 threads
+    python benchmarks/throughput.py --context-pool 2     # 2 x 2 context tokens per region
+    python benchmarks/throughput.py --context none       # the streaming machinery alone
 
 Target (issue 3): streaming / bare >= 0.85.
 """
@@ -29,6 +31,7 @@ def main() -> None:
     )
     p.add_argument("--backbone", default="convnext_tiny")
     p.add_argument("--context", default="mamba")
+    p.add_argument("--context-pool", type=int, default=None, help="k x k context tokens per region")
     p.add_argument("--size", type=int, default=3072)
     p.add_argument("--region-batch", type=int, default=16)
     p.add_argument("--repeats", type=int, default=3)
@@ -43,7 +46,9 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    model = xt_plugins.create_model(args.backbone, args.context, num_classes=2).eval()
+    model = xt_plugins.create_model(
+        args.backbone, args.context, num_classes=2, context_pool=args.context_pool
+    ).eval()
     tmp = Path(tempfile.mkdtemp(prefix="xt_tp_"))
     mm = np.lib.format.open_memmap(
         tmp / "image.npy", mode="w+", dtype=np.uint8, shape=(3, args.size, args.size)
@@ -81,8 +86,9 @@ def main() -> None:
         runs["stream"].append(stream())
     med = {k: statistics.median(v) for k, v in runs.items()}
     ratio = med["stream"] / med["bare"]
+    pool = "all tokens" if args.context_pool is None else f"context_pool={args.context_pool}"
     print(
-        f"{args.backbone} + {args.context}, {args.size}^2 ({n} regions of 256 px), "
+        f"{args.backbone} + {args.context} ({pool}), {args.size}^2 ({n} regions of 256 px), "
         f"{args.threads} threads"
     )
     print(f"bare region encoder (regions in memory): {med['bare']:.2f} regions/s")
@@ -93,6 +99,7 @@ def main() -> None:
         {
             "backbone": args.backbone,
             "context": args.context,
+            "context_pool": args.context_pool,
             "size": args.size,
             "regions": n,
             "region_batch": args.region_batch,

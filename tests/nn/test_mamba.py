@@ -10,6 +10,7 @@ from xt_plugins.nn.context.mamba import (
     Mamba,
     MambaContext,
     _kernel_scan_with_state,
+    auto_chunk_size,
     selective_scan,
     selective_scan_ref,
 )
@@ -58,20 +59,36 @@ def test_scan_matches_reference(use_d, use_z, use_bias_softplus, use_init):
     torch.testing.assert_close(y_only, y_ref, atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("time_major", [False, True])
-def test_scan_matches_reference_wide_and_time_major(time_major):
+@pytest.mark.parametrize("layout", ["channel_major", "time_major", "mixed", "mixed_no_bias"])
+def test_scan_matches_reference_wide_and_time_major(layout):
     # wide enough for the per-batch 2-D transpose path; time-major views skip the copies
     x = _scan_inputs(b=2, d=96, n=8, length=150)
-    if time_major:  # (b, d, l) views of (b, l, d) memory, as Mamba passes them
-        for key in ("u", "delta", "z", "B", "C"):
+    keys = {"time_major": ("u", "delta", "z", "B", "C")}.get(layout, ("u", "z"))
+    if layout != "channel_major":  # (b, d, l) views of (b, l, d) memory, as Mamba passes them
+        for key in keys:
             x[key] = x[key].transpose(1, 2).contiguous().transpose(1, 2)
+    if layout == "mixed_no_bias":
+        x["delta_bias"] = None
     kw = {k: x[k] for k in ("D", "z", "delta_bias", "initial_state")}
     args = (x["u"], x["delta"], x["A"], x["B"], x["C"])
     y_ref, h_ref = selective_scan_ref(*args, **kw, delta_softplus=True, return_last_state=True)
     y, h = selective_scan(*args, **kw, delta_softplus=True, return_last_state=True)
-    assert (y.stride(1) == 1) == time_major  # the output keeps the input's memory layout
+    # the output keeps the input's memory layout
+    assert (y.stride(1) == 1) == (layout != "channel_major")
     torch.testing.assert_close(y, y_ref, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(h, h_ref, atol=1e-4, rtol=1e-4)
+
+
+def test_auto_chunk_size_fits_work_buffers_to_the_width():
+    assert auto_chunk_size(1, 512, 16) == 128  # 2**20 floats per work buffer
+    assert auto_chunk_size(1, 1536, 16) == 32  # xT's ConvNeXt-T / Swin-T context width
+    assert auto_chunk_size(2, 512, 16) == 64
+    assert auto_chunk_size(1, 8, 4) == 256 and auto_chunk_size(64, 4096, 16) == 16  # clamped
+    x = _scan_inputs(d=3, length=300)
+    x["delta_softplus"] = True  # positive steps: the state decays over 300 steps
+    torch.testing.assert_close(  # the default (auto) chunking is still the reference scan
+        selective_scan(**x), selective_scan_ref(**x), atol=1e-4, rtol=1e-4
+    )
 
 
 def test_scan_is_stable_for_large_steps():

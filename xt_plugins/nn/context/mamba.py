@@ -55,6 +55,7 @@ __all__ = [
     "HAS_CAUSAL_CONV1D",
     "selective_scan_ref",
     "selective_scan",
+    "auto_chunk_size",
     "Mamba",
     "MambaContext",
 ]
@@ -155,6 +156,18 @@ def selective_scan_ref(
     y = torch.stack(ys, dim=2) if ys else u.new_zeros(b, d, 0)  # (b, d, l)
     out = _finish(y, u, D, z, dtype_in)
     return (out, x) if return_last_state else out
+
+
+def auto_chunk_size(b: int, d: int, n: int, budget: int = 2**20) -> int:
+    """Scan chunk length whose (b, n, d) work buffers hold about ``budget`` floats each.
+
+    The power of two nearest ``budget / (b * d * n)``, clamped to 16..256 steps. Measured on
+    2 CPU cores (``benchmarks/scan.py --chunk-size``): for d=512 chunks of 64-128 steps are
+    fastest, for d=1536 (xT's ConvNeXt-T / Swin-T context) 32-64; 256 is 30-40 % slower there.
+    """
+    per_step = max(1, b * d * n)
+    steps = 2 ** round(math.log2(max(budget / per_step, 1.0)))
+    return int(min(256, max(16, steps)))
 
 
 def _split_chunk(chunk_size: int) -> tuple[int, int]:
@@ -285,7 +298,7 @@ def selective_scan(
     delta_softplus: bool = False,
     initial_state: Tensor | None = None,
     return_last_state: bool = False,
-    chunk_size: int = 64,
+    chunk_size: int | None = None,
 ) -> Tensor | tuple[Tensor, Tensor]:
     """Selective scan in plain PyTorch, chunk by chunk (same result as :func:`selective_scan_ref`).
 
@@ -298,9 +311,10 @@ def selective_scan(
     number).
 
     Memory: without autograd only the output is as long as the sequence; each chunk's work
-    buffers are ``2 * b * d * n * chunk_size`` floats (4 MiB for d=512, n=16 at the default 64,
-    which keeps them in a CPU's L2 cache). Under autograd each chunk is checkpointed, so training
-    keeps ``O(b * d * l)`` activations plus one chunk. The work runs time-major (channels
+    buffers are ``2 * b * d * n * chunk_size`` floats; the default sizes each to about 4 MiB
+    (:func:`auto_chunk_size`: 128 steps for b=1, d=512, n=16; 32 for d=1536), which measured
+    fastest on CPUs with 1-2 MiB of L2 per core. Under autograd each chunk is checkpointed, so
+    training keeps ``O(b * d * l)`` activations plus one chunk. The work runs time-major (channels
     innermost): arguments that are (b, d, l) views of (b, l, d) memory (what :class:`Mamba`
     passes) are read without copies, and the output has the memory layout of ``u``.
 
@@ -316,7 +330,7 @@ def selective_scan(
         delta_softplus: apply softplus to ``delta`` (after the bias).
         initial_state: (b, d, n) state before the first step (zeros if None).
         return_last_state: also return the state after the last step.
-        chunk_size: steps per chunk (work memory grows with it).
+        chunk_size: steps per chunk (work memory grows with it); None: :func:`auto_chunk_size`.
 
     Returns:
         ``out`` (b, d, l) in ``u``'s dtype, or ``(out, last_state)`` with last_state (b, d, n)
@@ -331,7 +345,7 @@ def selective_scan(
         if initial_state is None
         else initial_state.float().transpose(1, 2).contiguous()
     )
-    t, k = _split_chunk(chunk_size)
+    t, k = _split_chunk(auto_chunk_size(b, d, n) if chunk_size is None else chunk_size)
     args = (u, delta, At2, B, C, D, z, delta_bias, delta_softplus, h, t, k)
     tensors = (u, delta, A, B, C, D, z, delta_bias, initial_state)
     if torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in tensors):
@@ -421,16 +435,23 @@ def _scan_streaming(
         s1 = min(length, s0 + stage)
         n_steps, padded = s1 - s0, -(-(s1 - s0) // t) * t
         u_st = u[:, :, s0:s1].float()  # (b, d, l_stage)
-        dl = _head(buf_a, b, d, n_steps)
-        if bias is not None:
-            torch.add(delta[:, :, s0:s1], bias, out=dl)
+        if time_major:  # (b, l, d) memory: prepare straight into the time-major buffers
+            dl, du = delta_st[:, :n_steps], du_st[:, :n_steps]  # (b, l_stage, d)
+            delta_in, u_in = delta[:, :, s0:s1].transpose(1, 2), u_st.transpose(1, 2)
+            bias_in = None if bias is None else bias.t()  # (1, d)
+        else:  # (b, d, l) memory: prepare in it, then transpose into the buffers
+            dl, du = _head(buf_a, b, d, n_steps), _head(buf_b, b, d, n_steps)
+            delta_in, u_in, bias_in = delta[:, :, s0:s1], u_st, bias
+        if bias_in is not None:
+            torch.add(delta_in, bias_in, out=dl)
         else:
-            dl.copy_(delta[:, :, s0:s1])
+            dl.copy_(delta_in)
         if delta_softplus:
             torch.ops.aten.softplus.out(dl, 1.0, 20.0, out=dl)  # F.softplus, in place
-        du = torch.mul(dl, u_st, out=_head(buf_b, b, d, n_steps))
-        _to_time_major(dl, delta_st)
-        _to_time_major(du, du_st)
+        torch.mul(dl, u_in, out=du)
+        if not time_major:
+            _to_time_major(dl, delta_st)
+            _to_time_major(du, du_st)
         if n_steps < padded:  # padded steps: delta = 0, delta * u = 0 leave the state as is
             delta_st[:, n_steps:padded] = 0.0
             du_st[:, n_steps:padded] = 0.0
@@ -564,7 +585,8 @@ class Mamba(nn.Module):
         bias: bias in ``in_proj`` and ``out_proj``.
         use_fast_path: use ``mamba_ssm``/``causal_conv1d`` kernels for CUDA inputs when present.
         layer_idx: kept for upstream compatibility.
-        chunk_size: chunk length of the pure-PyTorch scan (:func:`selective_scan`).
+        chunk_size: chunk length of the pure-PyTorch scan (:func:`selective_scan`; None: sized
+            to the work buffers, :func:`auto_chunk_size`).
         device: parameter device (``"meta"`` works).
         dtype: parameter dtype (``A_log`` and ``D`` stay float32, as upstream).
     """
@@ -585,7 +607,7 @@ class Mamba(nn.Module):
         bias: bool = False,
         use_fast_path: bool = True,
         layer_idx: int | None = None,
-        chunk_size: int = 64,
+        chunk_size: int | None = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -775,7 +797,7 @@ class MambaContext(ContextEncoder):
         d_state: SSM state size.
         d_conv: causal convolution width.
         expand: inner width multiplier.
-        chunk_size: chunk length of the pure-PyTorch scan.
+        chunk_size: chunk length of the pure-PyTorch scan (None: :func:`auto_chunk_size`).
         checkpoint_len: with :attr:`grad_checkpointing`, sequences longer than this run each
             layer in pieces of ``checkpoint_len`` tokens, each piece checkpointed with the scan
             and convolution state carried (and differentiated) across pieces, so the backward
@@ -791,7 +813,7 @@ class MambaContext(ContextEncoder):
         d_state: int = 16,
         d_conv: int = 4,
         expand: int = 2,
-        chunk_size: int = 256,
+        chunk_size: int | None = None,
         checkpoint_len: int = 2048,
         **kwargs: Any,
     ) -> None:
