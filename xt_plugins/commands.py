@@ -84,6 +84,20 @@ def _demo(args: argparse.Namespace) -> int:
     for s in summary["stages"]:
         rps = f"{s['regions_per_second']:.1f}" if s["regions_per_second"] else "-"
         print(f"{s['name']:22s} {s['seconds']:8.1f} {rps:>10s} {s['peak_rss_mb']:8.0f}")
+    by_name = {s["name"]: s for s in summary["stages"]}
+    slide = by_name.get("infer_slide_bundle", {}).get("metrics") or {}
+    scene = by_name.get("infer_scene", {}).get("metrics") or {}
+    if slide:
+        print(
+            f"\nwhole slide: tumour probability {slide['tumour_probability']:.2f} (it has tumour); "
+            f"{slide['positive_regions']} of {slide['tissue_regions']} tissue regions positive"
+        )
+    if scene:
+        print(
+            f"SAR scene: {scene['detections']} detections for {scene['true_vessels']} vessels; "
+            f"xView3 detection F1 {scene.get('xview3_f1_det', float('nan')):.2f}, "
+            f"aggregate {scene.get('xview3_aggregate', float('nan')):.2f}"
+        )
     out = Path(args.out)
     print(f"\ntotal {summary['total_seconds']:.0f} s. Pictures and results:")
     for path in sorted(out.glob("slide/*_heatmap.png")) + sorted(out.glob("sar/*/heatmap.png")):
