@@ -342,26 +342,15 @@ def _describe_outputs(stages: list[Stage], out: Path, cfg: DemoConfig) -> None:
 
 def _scene_score(pred_csv: Path, truth_csv: Path) -> dict[str, Any]:
     """xView3 scores of the scene's detections against the generator's ground truth."""
-    import numpy as np
+    import pandas as pd
 
     from .torchgeo.metrics import xview3_score
 
-    def load(path: Path) -> dict[str, np.ndarray]:
-        rows = list(csv.DictReader(path.open()))
-        cols: dict[str, np.ndarray] = {}
-        for key in ("detect_x", "detect_y", "vessel_length_m", "distance_from_shore_km"):
-            if rows and key in rows[0]:
-                cols[key] = np.array([float(r[key] or "nan") for r in rows])
-        for key in ("is_vessel", "is_fishing"):
-            if rows and key in rows[0]:
-                cols[key] = np.array([r[key].strip().lower() in ("true", "1") for r in rows])
-        return cols
-
-    pred, truth = load(pred_csv), load(truth_csv)
-    scores = xview3_score(pred, truth) if pred and truth else {}
+    pred, truth = pd.read_csv(pred_csv), pd.read_csv(truth_csv)
+    scores = xview3_score(pred, truth)
     return {
-        "detections": len(pred.get("detect_x", [])),
-        "true_vessels": len(truth.get("detect_x", [])),
+        "detections": len(pred),
+        "true_vessels": len(truth),
         **{f"xview3_{k}": round(float(v), 4) for k, v in scores.items()},
     }
 

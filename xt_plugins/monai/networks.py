@@ -22,7 +22,7 @@ from torch import Tensor
 
 from ..models import BACKBONES
 from ..nn.region import RegionEncoder
-from ..nn.xt import XTModel
+from ..nn.xt import RUNTIME_OPTIONS, XTModel
 
 __all__ = ["XTNet", "CheckpointError", "load_checkpoint", "read_checkpoint", "save_checkpoint"]
 
@@ -158,11 +158,6 @@ def _plain(value: Any) -> Any:
     raise TypeError(
         f"XTNet arguments must be plain values (numbers, strings, lists, dicts), got {value!r}"
     )
-
-
-RUNTIME_OPTIONS = frozenset(
-    {"region_chunk", "grad_ratio", "checkpoint_regions", "checkpoint_context"}
-)
 
 
 def _check_config(found: dict[str, Any], expected: dict[str, Any], where: str) -> None:

@@ -22,10 +22,17 @@ from .heads import ClassifierHead, masked_mean
 from .region import RegionEncoder
 from .tokenize import RegionGrid
 
-__all__ = ["XTModel", "RegionLoader"]
+__all__ = ["RUNTIME_OPTIONS", "XTModel", "RegionLoader"]
 
 RegionLoader = Callable[[Tensor], Tensor]
 """Reads the regions with the given indices: (n,) long -> (n, C, region, region)."""
+
+
+#: :class:`XTModel` arguments that set memory / speed only: the weights and the outputs do not
+#: depend on them, so a checkpoint trained with one setting loads under any other.
+RUNTIME_OPTIONS = frozenset(
+    {"region_chunk", "grad_ratio", "checkpoint_regions", "checkpoint_context"}
+)
 
 
 class XTModel(nn.Module):
@@ -97,7 +104,7 @@ class XTModel(nn.Module):
             self.context_in = nn.Linear(channels, dim) if dim != channels else nn.Identity()
             self.context = build_context(context, dim, **(context_kwargs or {}))
             self.context_out = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, channels))
-        self.context.grad_checkpointing = checkpoint_context
+        self.checkpoint_context = checkpoint_context
         self.head = ClassifierHead(channels, num_classes, drop_rate)
         self.num_classes = num_classes
         self.feature_info = [

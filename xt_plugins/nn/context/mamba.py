@@ -863,7 +863,7 @@ class MambaContext(ContextEncoder):
         self._check(tokens, coords)
         x = self._embed(tokens, coords)
         if self.grad_checkpointing and torch.is_grad_enabled() and x.shape[1] > self.checkpoint_len:
-            return self.norm(self._layers_in_pieces(x, self.checkpoint_len, True)), None
+            return self.norm(self._layers_in_pieces(x, self.checkpoint_len)), None
         for block in self.blocks:
             x = self.run_layer(block, x)
         return self.norm(x), None
@@ -886,10 +886,14 @@ class MambaContext(ContextEncoder):
         self._check(tokens, coords)
         if chunk_len < 1:
             raise ValueError(f"chunk_len must be >= 1, got {chunk_len}")
-        return self.norm(self._layers_in_pieces(self._embed(tokens, coords), chunk_len, False))
+        return self.norm(self._layers_in_pieces(self._embed(tokens, coords), chunk_len))
 
-    def _layers_in_pieces(self, x: Tensor, chunk_len: int, checkpointed: bool) -> Tensor:
-        """Every layer over pieces of ``chunk_len`` tokens, the mixer state carried across."""
+    def _layers_in_pieces(self, x: Tensor, chunk_len: int) -> Tensor:
+        """Every layer over pieces of ``chunk_len`` tokens, the mixer state carried across.
+
+        Each piece goes through :meth:`run_layer`, so with :attr:`grad_checkpointing` the
+        backward pass recomputes one piece at a time.
+        """
         n = x.shape[1]
         starts = list(range(0, n, chunk_len))
         for block in self.blocks:
@@ -899,10 +903,7 @@ class MambaContext(ContextEncoder):
                 piece = x[:, s : s + chunk_len]  # (B, <=chunk_len, D)
                 if block.reverse:
                     piece = piece.flip(1)
-                if checkpointed:
-                    out, state = checkpoint(block.mix, piece, state, use_reentrant=False)
-                else:
-                    out, state = block.mix(piece, state)
+                out, state = self.run_layer(block.mix, piece, state)
                 pieces.append(out.flip(1) if block.reverse else out)
             if block.reverse:
                 pieces.reverse()
