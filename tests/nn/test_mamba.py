@@ -10,6 +10,7 @@ from xt_plugins.nn.context.mamba import (
     Mamba,
     MambaContext,
     _kernel_scan_with_state,
+    _softplus_,
     auto_chunk_size,
     selective_scan,
     selective_scan_ref,
@@ -75,6 +76,32 @@ def test_scan_matches_reference_wide_and_time_major(layout):
     y, h = selective_scan(*args, **kw, delta_softplus=True, return_last_state=True)
     # the output keeps the input's memory layout
     assert (y.stride(1) == 1) == (layout != "channel_major")
+    torch.testing.assert_close(y, y_ref, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(h, h_ref, atol=1e-4, rtol=1e-4)
+
+
+def test_softplus_without_log1p_matches_float64():
+    x = torch.cat([torch.linspace(-80, 80, 160_001), torch.randn(10_000) * 3 - 4])
+    expected = F.softplus(x.double())
+    got = _softplus_(x.clone(), torch.empty_like(x))
+    rel = (got.double() - expected).abs() / expected
+    assert rel[expected > 1e-30].max() < 4e-6  # a few float32 ulps (F.softplus: ~1.2e-7)
+    assert rel[(x > -20) & (x < 20)].max() < 1e-6
+    edge = torch.tensor([float("inf"), float("-inf"), float("nan"), 1e30, -1e30, 0.0])
+    out = _softplus_(edge.clone(), torch.empty_like(edge))
+    assert out[0] == float("inf") and out[1] == 0 and out[2].isnan()
+    assert out[3] == 1e30 and out[4] == 0 and out[5] == pytest.approx(math.log(2.0))
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3])
+def test_scan_with_degenerate_chunk_splits(chunk):
+    # chunk 1: one step; 2: two sub-chunks of one step; 3: one sub-chunk of two steps
+    x = _scan_inputs(length=9)
+    kw = dict(D=x["D"], z=x["z"], delta_bias=x["delta_bias"], delta_softplus=True)
+    kw.update(initial_state=x["initial_state"], return_last_state=True)
+    args = (x["u"], x["delta"], x["A"], x["B"], x["C"])
+    y_ref, h_ref = selective_scan_ref(*args, **kw)
+    y, h = selective_scan(*args, **kw, chunk_size=chunk)
     torch.testing.assert_close(y, y_ref, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(h, h_ref, atol=1e-4, rtol=1e-4)
 

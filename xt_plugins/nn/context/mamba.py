@@ -61,6 +61,7 @@ __all__ = [
 ]
 
 _LOG2_E = 1.0 / math.log(2.0)
+_LN2 = math.log(2.0)
 
 #: ``(conv_state (B, d_inner, d_conv - 1), ssm_state (B, d_inner, d_state))``
 MambaState = tuple[Tensor, Tensor]
@@ -204,72 +205,111 @@ def _block_view(x: Tensor, start: int, stop: int, t: int) -> Tensor:
 
 
 class _Workspace:
-    """Work buffers of :func:`_scan_block_inplace` and their row views, reused across chunks.
+    """Work buffers of :func:`_scan_chunk` and the per-step views of them, reused across chunks.
 
     Args:
-        shape: ``(t, k, b, n, d)``.
+        shape: ``(k, t, b, n, d)``.
         like: a tensor giving dtype and device.
     """
 
     def __init__(self, shape: tuple[int, ...], like: Tensor) -> None:
         self.shape = shape
-        self.decay = like.new_empty(shape)  # exp(delta A), then its running product
-        self.hs = like.new_empty(shape)  # states
-        self.h_in = like.new_empty(shape[1:])  # (k, b, n, d) state entering each sub-chunk
-        self.decay_t = self.decay.unbind(0)  # t x (k, b, n, d)
-        self.hs_t = self.hs.unbind(0)
-        self.end_decay = self.decay[-1].unbind(0)  # k x (b, n, d)
-        self.end_hs = self.hs[-1].unbind(0)
-        self.h_in_k = self.h_in.unbind(0)
+        k, _, b, n, d = shape
+        self.decay = like.new_empty(shape)  # exp(delta A) of every step
+        self.hs = like.new_empty(shape)  # delta u B, then (in place) the states
+        self.acc = like.new_empty(k - 1, b, n, d)  # sub-chunk end states from a zero start
+        self.h_in = like.new_empty(k, b, n, d)  # the true state entering each sub-chunk
+        self.end_decay = like.new_empty(k - 1, b, n, d)  # decay over each whole sub-chunk
+        self.delta_sum = like.new_empty(k - 1, b, d)
+        # views made once: building them per step costs as much as a small op
+        self.decay_t, self.hs_t = self.decay.unbind(1), self.hs.unbind(1)  # t x (k, b, n, d)
+        self.head_decay_t = self.decay[: k - 1].unbind(1)  # t x (k - 1, b, n, d)
+        self.head_hs_t = self.hs[: k - 1].unbind(1)
+        self.acc_k, self.h_in_k = self.acc.unbind(0), self.h_in.unbind(0)
+        self.last = self.hs[-1, -1]  # (b, n, d) state after the chunk
 
 
-def _scan_block_inplace(
-    delta: Tensor, du: Tensor, Bl: Tensor, Cl: Tensor, h: Tensor, At2: Tensor, ws: list
-) -> tuple[Tensor, Tensor]:
+def _scan_chunk(
+    delta: Tensor,
+    du: Tensor,
+    Bl: Tensor,
+    Cl: Tensor,
+    h: Tensor,
+    At2: Tensor,
+    ws: list,
+    y: Tensor,
+    accumulate: bool = False,
+) -> Tensor:
     """One chunk of the blocked scan in reused buffers (no autograd).
 
-    The ``k`` sub-chunks advance together for ``t`` steps from a zero state (one big op per
-    step), the true state entering each sub-chunk is then carried across the ``k`` sub-chunk
-    ends, and its decayed contribution ``prod(exp(delta A)) * h_in`` is added in closed form.
-    Every exponent is ``delta * A <= 0``: nothing grows.
+    The chunk is ``k`` consecutive sub-chunks of ``t`` steps. Three passes, each a handful of
+    big tensor ops over all sub-chunks at once:
+
+    1. every sub-chunk but the last is scanned from a zero state into one accumulator per
+       sub-chunk (its end state; nothing per step is stored);
+    2. the true state entering every sub-chunk is carried across the ``k`` sub-chunk ends
+       (the decay over a whole sub-chunk in closed form: ``exp(A * sum(delta))``);
+    3. every sub-chunk is scanned again from its true entering state, writing the states in
+       place of the increments ``delta u B``, and ``y = C . h`` is one batched matmul.
+
+    Each element of the (k, t, b, n, d) work buffers is read or written about 10 times; every
+    exponent is ``delta * A <= 0`` (nothing grows).
 
     Args:
-        delta: (t, k, b, d) step sizes (step ``j * t + i`` of the chunk at ``[i, j]``).
-        du: (t, k, b, d) ``delta * u``.
-        Bl: (t, k, b, n).
-        Cl: (t, k, b, n).
+        delta: (k, t, b, d) step sizes (step ``j * t + i`` of the chunk at ``[j, i]``).
+        du: (k, t, b, d) ``delta * u``.
+        Bl: (k, t, b, n).
+        Cl: (k, t, b, n).
         h: (b, n, d) state entering the chunk.
         At2: (n, d) ``A * log2(e)``, transposed (``exp2`` is much faster than ``exp`` on CPU).
         ws: holds the cached :class:`_Workspace` (replaced when the chunk shape changes).
+        y: (k, t, b, d) contiguous output, ``C . h`` of every step.
+        accumulate: add ``C . h`` to what ``y`` holds (the skip term) instead of overwriting it.
 
     Returns:
-        ``y = C . h`` (t, k, b, d) and the state (b, n, d) after the chunk.
+        The state (b, n, d) after the chunk.
     """
-    t, k, b, d = delta.shape
+    k, t, b, d = delta.shape
     n = At2.shape[0]
-    if not ws or ws[0].shape != (t, k, b, n, d):
-        ws[:] = [_Workspace((t, k, b, n, d), delta)]
+    if not ws or ws[0].shape != (k, t, b, n, d):
+        ws[:] = [_Workspace((k, t, b, n, d), delta)]
     w = ws[0]
-    torch.mul(delta.unsqueeze(-2), At2, out=w.decay).exp2_()  # exp(delta A) <= 1
-    torch.mul(du.unsqueeze(-2), Bl.unsqueeze(-1), out=w.hs)  # delta u B
+    decay, hs = w.decay, w.hs
+    torch.mul(delta.unsqueeze(-2), At2, out=decay).exp2_()  # exp(delta A) <= 1
+    torch.mul(du.unsqueeze(-2), Bl.unsqueeze(-1), out=hs)  # delta u B
+    if k > 1:
+        acc, dec_t, inc_t = w.acc, w.head_decay_t, w.head_hs_t
+        if t == 1:
+            acc.copy_(inc_t[0])
+        else:  # 1. end states from a zero start, all sub-chunks at once
+            torch.addcmul(inc_t[1], dec_t[1], inc_t[0], out=acc)
+        for i in range(2, t):
+            torch.addcmul(inc_t[i], dec_t[i], acc, out=acc)
+        # (out= buffers: a fresh result of this broadcast gets a slow memory layout)
+        delta_sum = torch.sum(delta[: k - 1], 1, out=w.delta_sum)
+        end_decay = torch.mul(delta_sum.unsqueeze(-2), At2, out=w.end_decay).exp2_()
+        acc_k, h_in_k = w.acc_k, w.h_in_k
+        h_in_k[0].copy_(h)
+        for j in range(1, k):  # 2. carry the true state across the sub-chunk starts
+            torch.addcmul(acc_k[j - 1], end_decay[j - 1], h_in_k[j - 1], out=h_in_k[j])
+        h_in = w.h_in
+    else:
+        h_in = h
     hs_t, decay_t = w.hs_t, w.decay_t
-    for i in range(1, t):  # local scans of all sub-chunks at once, zero initial state
+    hs_t[0].addcmul_(decay_t[0], h_in)  # 3. the states, from the true entering states
+    for i in range(1, t):
         hs_t[i].addcmul_(decay_t[i], hs_t[i - 1])
-        decay_t[i].mul_(decay_t[i - 1])  # cumulative decay since the sub-chunk start
-    h_in_k, end_hs, end_decay = w.h_in_k, w.end_hs, w.end_decay
-    h_in_k[0].copy_(h)
-    for j in range(1, k):  # carry across sub-chunks (small ops)
-        torch.addcmul(end_hs[j - 1], end_decay[j - 1], h_in_k[j - 1], out=h_in_k[j])
-    h_out = torch.addcmul(end_hs[-1], end_decay[-1], h_in_k[-1])
-    w.hs.addcmul_(w.decay, w.h_in)  # add the decayed entering state
-    y = torch.matmul(Cl.contiguous().unsqueeze(-2), w.hs).squeeze(-2)  # (t, k, b, d)
-    return y, h_out
+    if accumulate:
+        y.view(-1, 1, d).baddbmm_(Cl.reshape(-1, 1, n), hs.view(-1, n, d))
+    else:
+        torch.bmm(Cl.reshape(-1, 1, n), hs.view(-1, n, d), out=y.view(-1, 1, d))
+    return w.last.clone()
 
 
 def _scan_block_autograd(
     delta: Tensor, du: Tensor, Bl: Tensor, Cl: Tensor, h: Tensor, At2: Tensor
 ) -> tuple[Tensor, Tensor]:
-    """:func:`_scan_block_inplace` without in-place ops, so autograd can differentiate it."""
+    """One chunk of the blocked scan with out-of-place ops, so autograd can differentiate it."""
     t, k = delta.shape[:2]
     decay = torch.exp2(delta.unsqueeze(-2) * At2)  # (t, k, b, n, d)
     inc = du.unsqueeze(-2) * Bl.unsqueeze(-1)  # (t, k, b, n, d)
@@ -304,9 +344,11 @@ def selective_scan(
 
     The sequence is processed in chunks of ``chunk_size`` steps with the (b, d, n) state carried
     sequentially between chunks. Inside a chunk the steps are split into ``k`` sub-chunks of
-    ``t ~ sqrt(chunk_size)`` steps: all sub-chunks are scanned together (``t`` tensor ops over
-    ``k`` sub-chunks each), then the state entering every sub-chunk is carried across the ``k``
-    sub-chunk ends and its decay added in closed form. Python loops ``~2 L / sqrt(chunk_size)``
+    ``t ~ sqrt(chunk_size)`` steps. Without autograd (:func:`_scan_chunk`) the sub-chunks are
+    first scanned together from a zero state for their end states only, the state entering
+    every sub-chunk is carried across the ``k`` sub-chunk ends, and the sub-chunks are scanned
+    again from their true entering states; under autograd the first scan keeps its states and
+    the entering state's decay is added in closed form. Python loops ``~2 L / sqrt(chunk_size)``
     times instead of ``L``; every exponent is ``delta * A <= 0`` (no ``exp`` of a large positive
     number).
 
@@ -314,9 +356,10 @@ def selective_scan(
     buffers are ``2 * b * d * n * chunk_size`` floats; the default sizes each to about 4 MiB
     (:func:`auto_chunk_size`: 128 steps for b=1, d=512, n=16; 32 for d=1536), which measured
     fastest on CPUs with 1-2 MiB of L2 per core. Under autograd each chunk is checkpointed, so
-    training keeps ``O(b * d * l)`` activations plus one chunk. The work runs time-major (channels
-    innermost): arguments that are (b, d, l) views of (b, l, d) memory (what :class:`Mamba`
-    passes) are read without copies, and the output has the memory layout of ``u``.
+    training keeps ``O(b * d * l)`` activations plus one chunk. The work runs with channels
+    innermost: arguments that are (b, d, l) views of (b, l, d) memory (what :class:`Mamba`
+    passes) need no transposes, contiguous (b, d, l) ones cost three 2-D transposes per ~1k
+    steps, and the output has the memory layout of ``u``.
 
     Args:
         u: (b, d, l) input.
@@ -358,29 +401,27 @@ def selective_scan(
     return out, h.transpose(1, 2)  # (b, d, n)
 
 
-def _to_time_major(src: Tensor, dst: Tensor) -> None:
-    """Copy (b, c, l) ``src`` into the first ``l`` rows of a contiguous (b, l_pad, c) ``dst``."""
-    length = src.shape[-1]
-    if src.stride(1) == 1 or src[0].numel() < 4096:  # time-major memory (or tiny): plain copy
-        dst[:, :length].copy_(src.transpose(1, 2))
-        return
-    for i in range(src.shape[0]):  # 2-D copies of contiguous rows take the blocked transpose
-        dst[i, :length].copy_(src[i].contiguous().t())
+def _softplus_(x: Tensor, tmp: Tensor) -> Tensor:
+    """``F.softplus`` in place, without ``log1p``; ``tmp`` is scratch of ``x``'s shape.
 
-
-def _from_time_major(src: Tensor, dst: Tensor, tmp: Tensor) -> None:
-    """Copy (b, l, c) ``src`` (rows contiguous) into the (b, c, l) view ``dst``.
-
-    ``tmp`` is a contiguous scratch buffer of at least ``c * l`` floats for the 2-D transposes.
+    ``softplus(x) = max(x, 0) + log1p(e)`` with ``e = exp(-|x|)``, and
+    ``log1p(e) = 2 atanh(e / (2 + e)) = 2 atanh(sigmoid(-|x| - log 2))``: a few ulps from
+    ``F.softplus`` everywhere, with only vectorised kernels. (torch's CPU ``log1p``, which
+    ``F.softplus`` uses, ran 5-10x slower than ``exp`` + ``log`` on the 2-core AMD EPYC this was
+    measured on, depending on what earlier ops had run in the thread.)
     """
-    if dst.stride(1) == 1 or src[0].numel() < 4096:
-        dst.copy_(src.transpose(1, 2))
-        return
-    c, length = dst.shape[1:]
-    rows = _head(tmp, c, length)
-    for i in range(src.shape[0]):
-        rows.copy_(src[i].t())  # blocked 2-D transpose into contiguous scratch
-        dst[i].copy_(rows)
+    torch.sub(x.new_tensor(-_LN2), torch.abs(x, out=tmp), out=tmp).sigmoid_().atanh_()
+    return x.clamp_(min=0.0).add_(tmp, alpha=2.0)
+
+
+def _transpose_into(src: Tensor, dst: Tensor) -> None:
+    """``dst.copy_(src.t())`` for 2-D tensors, through PyTorch's blocked 2-D transpose."""
+    if src.numel() < 4096 or not src.is_contiguous():
+        dst.copy_(src.t())
+    elif dst.is_contiguous():
+        dst.copy_(src.t())  # contiguous on both sides: the blocked transpose path
+    else:
+        dst.copy_(src.t().contiguous())
 
 
 def _head(buf: Tensor, *shape: int) -> Tensor:
@@ -405,16 +446,17 @@ def _scan_streaming(
 ) -> tuple[Tensor, Tensor]:
     """No-autograd scan that streams: only the output is as long as the sequence.
 
-    The sequence is staged ``~stage_len`` steps at a time (long rows keep the (b, d, l) reads
-    and writes cache- and TLB-friendly): step sizes and ``delta * u`` are prepared in the
-    caller's layout and copied time-major into small reused buffers, scanned chunk by chunk
-    (:func:`_scan_block_inplace`), and the outputs are written back, skip-connected and gated
-    in place.
+    The sequence is staged ``~stage_len`` steps at a time: step sizes and ``delta * u`` are
+    prepared in the caller's layout and laid out step-major, (l, b, d), in small reused buffers
+    (a copy for time-major inputs, one 2-D transpose each for channel-major ones), scanned chunk
+    by chunk (:func:`_scan_chunk`, whose blocks are plain views of those buffers), and the
+    outputs are skip-connected, gated and written in the layout of ``u``.
 
     Returns:
         ``(out (b, d, l) float32 in u's memory layout, state (b, n, d))``.
     """
     b, d, length = u.shape
+    n = At2.shape[0]
     span = t * k
     stage = span * max(1, stage_len // span)
     time_major = u.stride(1) == 1 and length > 1
@@ -423,53 +465,67 @@ def _scan_streaming(
         if time_major
         else u.new_empty(b, d, length, dtype=torch.float32)
     )  # (b, d, l)
-    B_tm = B.float().transpose(1, 2).contiguous()  # (b, l, n), small
-    C_tm = C.float().transpose(1, 2).contiguous()
+    padded_len = -(-length // t) * t
+    BC = u.new_zeros(padded_len, b, 2, n, dtype=torch.float32)  # (l, b, [B, C], n), small
+    BC[:length, :, 0] = B.permute(2, 0, 1)
+    BC[:length, :, 1] = C.permute(2, 0, 1)
     bias = None if delta_bias is None else delta_bias.float()[:, None]  # (d, 1)
     skip = None if D is None else D.float()[:, None]
     ws: list[_Workspace] = []
     # reused buffers (fresh large allocations cost page faults on every call)
-    size = (b, min(stage, -(-length // t) * t), d)
-    delta_st, du_st, y_st, buf_a, buf_b = (u.new_empty(size, dtype=torch.float32) for _ in range(5))
+    rows = min(stage, padded_len)
+    delta_st, du_st, y_st = (u.new_empty(rows, b, d, dtype=torch.float32) for _ in range(3))
+    scratch = None if time_major else u.new_empty(2, b, d, rows, dtype=torch.float32)
     for s0 in range(0, length, stage):
         s1 = min(length, s0 + stage)
-        n_steps, padded = s1 - s0, -(-(s1 - s0) // t) * t
+        n_steps, n_rows = s1 - s0, -(-(s1 - s0) // t) * t
         u_st = u[:, :, s0:s1].float()  # (b, d, l_stage)
-        if time_major:  # (b, l, d) memory: prepare straight into the time-major buffers
-            dl, du = delta_st[:, :n_steps], du_st[:, :n_steps]  # (b, l_stage, d)
-            delta_in, u_in = delta[:, :, s0:s1].transpose(1, 2), u_st.transpose(1, 2)
-            bias_in = None if bias is None else bias.t()  # (1, d)
-        else:  # (b, d, l) memory: prepare in it, then transpose into the buffers
-            dl, du = _head(buf_a, b, d, n_steps), _head(buf_b, b, d, n_steps)
-            delta_in, u_in, bias_in = delta[:, :, s0:s1], u_st, bias
-        if bias_in is not None:
-            torch.add(delta_in, bias_in, out=dl)
+        if time_major:  # prepare straight into the step-major buffers, (b, d, l) views of them
+            dl, du = (x[:n_steps].permute(1, 2, 0) for x in (delta_st, du_st))
+            tmp = y_st[:n_steps].permute(1, 2, 0)
+        else:  # prepare channel-major in scratch, then transpose into the buffers
+            dl, du = (_head(x, b, d, n_steps) for x in scratch)
+            tmp = _head(y_st, b, d, n_steps)
+        delta_in = delta[:, :, s0:s1]
+        if bias is not None:
+            torch.add(delta_in, bias, out=dl)
         else:
             dl.copy_(delta_in)
         if delta_softplus:
-            torch.ops.aten.softplus.out(dl, 1.0, 20.0, out=dl)  # F.softplus, in place
-        torch.mul(dl, u_in, out=du)
+            _softplus_(dl, tmp)
+        torch.mul(dl, u_st, out=du)
         if not time_major:
-            _to_time_major(dl, delta_st)
-            _to_time_major(du, du_st)
-        if n_steps < padded:  # padded steps: delta = 0, delta * u = 0 leave the state as is
-            delta_st[:, n_steps:padded] = 0.0
-            du_st[:, n_steps:padded] = 0.0
-        for c0 in range(0, n_steps, span):
-            c1 = min(n_steps, c0 + span)
-            rows = slice(c0, c0 + -(-(c1 - c0) // t) * t)
-            views = [x[:, rows].view(b, -1, t, d).permute(2, 1, 0, 3) for x in (delta_st, du_st)]
-            Bl, Cl = (_block_view(x, s0 + c0, s0 + c1, t) for x in (B_tm, C_tm))
-            y, h = _scan_block_inplace(*views, Bl, Cl, h, At2, ws)  # (t, k, b, d)
-            y_st[:, rows].view(b, -1, t, d).copy_(y.permute(2, 1, 0, 3))
+            for i in range(b):
+                _transpose_into(dl[i], delta_st[:n_steps, i])
+                _transpose_into(du[i], du_st[:n_steps, i])
+        # time-major: the skip term D u goes into y now (u is hot), the scan adds C . h to it
+        accumulate = time_major and skip is not None
+        if accumulate:
+            torch.mul(u_st, skip, out=y_st[:n_steps].permute(1, 2, 0))
+        if n_steps < n_rows:  # padded steps: delta = 0, delta * u = 0 leave the state as is
+            delta_st[n_steps:n_rows] = 0.0
+            du_st[n_steps:n_rows] = 0.0
+            y_st[n_steps:n_rows] = 0.0
+        for c0 in range(0, n_rows, span):
+            c1 = min(n_rows, c0 + span)
+            blocks = (x[c0:c1].view(-1, t, *x.shape[1:]) for x in (delta_st, du_st, y_st))
+            dv, duv, yv = blocks  # (k, t, b, d)
+            bc = BC[s0 + c0 : s0 + c1].view(-1, t, b, 2, n)
+            h = _scan_chunk(dv, duv, bc[..., 0, :], bc[..., 1, :], h, At2, ws, yv, accumulate)
         out_st = out[:, :, s0:s1]
-        _from_time_major(y_st[:, :n_steps], out_st, buf_a)
-        if skip is not None:
-            out_st.addcmul_(u_st, skip)
+        if time_major:  # everything (b, d, l) views of (l, b, d) / (b, l, d) memory
+            y, gate = y_st[:n_steps].permute(1, 2, 0), du_st[:n_steps].permute(1, 2, 0)
+        else:
+            y, gate = (_head(x, b, d, n_steps) for x in scratch)
+            for i in range(b):
+                _transpose_into(y_st[:n_steps, i], y[i])
+            if skip is not None:
+                y.addcmul_(u_st, skip)
         if z is not None:
-            z_st = z[:, :, s0:s1].float()
-            gate = torch.sigmoid(z_st, out=_head(buf_b, b, d, n_steps)).mul_(z_st)  # silu
-            out_st.mul_(gate)
+            torch.ops.aten.silu.out(z[:, :, s0:s1].float(), out=gate)
+            torch.mul(y, gate, out=out_st)
+        else:
+            out_st.copy_(y)
     return out, h
 
 
