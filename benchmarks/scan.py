@@ -34,7 +34,7 @@ WAIT_POLICY = os.environ.get("OMP_WAIT_POLICY", "default")
 
 import torch  # noqa: E402
 
-from xt_plugins.nn.context.mamba import (  # noqa: E402
+from xt_plugins.nn.ops import (  # noqa: E402
     auto_chunk_size,
     selective_scan,
     selective_scan_ref,

@@ -9,12 +9,12 @@ from xt_plugins.nn.context.mamba import (
     HAS_MAMBA_SSM,
     Mamba,
     MambaContext,
-    _kernel_scan_with_state,
-    _softplus_,
     auto_chunk_size,
     selective_scan,
     selective_scan_ref,
 )
+from xt_plugins.nn.ops.scan_chunked import _softplus_
+from xt_plugins.nn.ops.scan_kernels import kernel_scan_with_state
 
 
 def _scan_inputs(b=2, d=6, n=4, length=45, seed=0):
@@ -203,7 +203,7 @@ def test_kernel_with_initial_state_matches_reference():
         )
 
     args = (x["u"], x["delta"], x["A"], x["B"], x["C"], x["D"], x["z"], x["delta_bias"], True)
-    y, h = _kernel_scan_with_state(
+    y, h = kernel_scan_with_state(
         zero_init_kernel, *args, initial_state=x["initial_state"], chunk_size=10
     )
     y_ref, h_ref = selective_scan_ref(
