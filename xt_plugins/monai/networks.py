@@ -10,7 +10,6 @@ the config as JSON in its header metadata instead.
 
 from __future__ import annotations
 
-import inspect
 import json
 import os
 from collections.abc import Mapping
@@ -20,20 +19,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..models import BACKBONES
-from ..nn.region import RegionEncoder
-from ..nn.xt import RUNTIME_OPTIONS, XTModel
+from ..models import region_encoder_and_options
+from ..nn.options import RUNTIME_OPTIONS
+from ..nn.xt import XTModel
 
 __all__ = ["XTNet", "CheckpointError", "load_checkpoint", "read_checkpoint", "save_checkpoint"]
 
-#: Keyword arguments of :class:`XTModel` (the rest of XTNet's extra kwargs go to timm).
-_XT_KWARGS = frozenset(inspect.signature(XTModel.__init__).parameters) - {
-    "self",
-    "region_encoder",
-    "context",
-    "num_classes",
-    "context_pool",
-}
 #: Header key of the XTNet config in a safetensors checkpoint.
 _SAFETENSORS_KEY = "xt_plugins.xtnet_config"
 
@@ -60,10 +51,13 @@ class XTNet(XTModel):
         context_pool: pool each region to ``k x k`` context tokens (None: all last-stage tokens).
         pretrained_region: ``True`` loads timm's pretrained backbone weights (downloads); a path
             loads a local safetensors / torch (``weights_only``) file.
-        **kwargs: :class:`XTModel` options (``context_dim``, ``context_kwargs``, ``drop_rate``,
-            ``region_chunk``, ``grad_ratio``, ``checkpoint_regions``, ``checkpoint_context``);
-            everything else goes to ``timm.create_model`` for the backbone (e.g. ``embed_dim``,
-            ``depths``).
+        **kwargs: the other xT options (``context_dim``, ``context_kwargs``, ``drop_rate``,
+            ``global_pool``, ``region_chunk``, ``grad_ratio``, ``checkpoint_regions``,
+            ``checkpoint_context``: see :data:`xt_plugins.nn.options.XT_OPTIONS`);
+            everything else goes to ``timm.create_model`` for the backbone (e.g.
+            ``embed_dim``, ``depths``). Built by
+            :func:`xt_plugins.models.region_encoder_and_options`, as
+            :func:`xt_plugins.create_model` is.
 
     Attributes:
         config: the constructor arguments (plain types), enough to rebuild the network.
@@ -102,24 +96,15 @@ class XTNet(XTModel):
             pretrained_region=pretrained_region,
             **kwargs,
         )
-        model_kwargs = {k: kwargs.pop(k) for k in list(kwargs) if k in _XT_KWARGS}
-        kwargs.pop("global_pool", None)
-        weights = None if pretrained_region in (None, True, False) else pretrained_region
-        encoder = RegionEncoder(
-            BACKBONES.get(region_encoder, region_encoder),
+        encoder, model_kwargs = region_encoder_and_options(
+            region_encoder,
             region_size=region_size,
             in_chans=in_channels,
-            pretrained=pretrained_region is True,
-            weights=weights,
+            pretrained_region=pretrained_region,
+            context_pool=context_pool,
             **kwargs,
         )
-        super().__init__(
-            encoder,
-            context,
-            num_classes=out_channels,
-            context_pool=context_pool,
-            **model_kwargs,
-        )
+        super().__init__(encoder, context, num_classes=out_channels, **model_kwargs)
         self.config: dict[str, Any] = _plain(config)
 
     @property

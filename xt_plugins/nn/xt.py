@@ -9,6 +9,7 @@ k x k context tokens per region, C channels of the region encoder's last stage.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -19,20 +20,32 @@ from torch.utils.checkpoint import checkpoint
 
 from .context import build_context
 from .heads import ClassifierHead, masked_mean
+from .options import RUNTIME_OPTIONS, XT_OPTIONS
 from .region import RegionEncoder
 from .tokenize import RegionGrid
 
 __all__ = ["RUNTIME_OPTIONS", "XTModel", "RegionLoader"]
 
+_D = {name: option.default for name, option in XT_OPTIONS.items()}
+#: Parameter names (last component) that no optimizer should decay: Mamba's state matrix and
+#: skip, positional embeddings / scales, class and memory tokens.
+_NO_DECAY_NAMES = frozenset(
+    {
+        "A_log",
+        "D",
+        "cls_token",
+        "reg_token",
+        "pos_embed",
+        "absolute_pos_embed",
+        "logit_scale",
+        "relative_position_bias_table",
+    }
+)
+#: Module path parts whose parameters are positional projections (never decayed).
+_NO_DECAY_MODULES = re.compile(r"(^|\.)(pos|pos_proj|pos_embed|cpb_mlp|rel_pos\w*)(\.|$)")
+
 RegionLoader = Callable[[Tensor], Tensor]
 """Reads the regions with the given indices: (n,) long -> (n, C, region, region)."""
-
-
-#: :class:`XTModel` arguments that set memory / speed only: the weights and the outputs do not
-#: depend on them, so a checkpoint trained with one setting loads under any other.
-RUNTIME_OPTIONS = frozenset(
-    {"region_chunk", "grad_ratio", "checkpoint_regions", "checkpoint_context"}
-)
 
 
 class XTModel(nn.Module):
@@ -42,19 +55,9 @@ class XTModel(nn.Module):
         region_encoder: the per-region backbone.
         context: registered context encoder name (``none``, ``txl``, ``hyper``, ``mamba``).
         num_classes: classifier outputs (0: no classifier, ``forward`` returns pooled features).
-        context_pool: pool each region's last-stage map to ``k x k`` context tokens
-            (None: every last-stage token is a context token).
-        context_dim: width of the context encoder (None: the last stage's channels).
-        context_kwargs: options for the context encoder (``depth``, ``segment_len``, ...).
-        drop_rate: dropout before the classifier.
-        region_chunk: encode at most this many regions at a time (None: all at once).
-        grad_ratio: in training, the fraction of regions whose region-encoder pass keeps
-            gradients (the rest run without; outputs stay in region order).
-        checkpoint_regions: recompute region-encoder activations in the backward pass
-            (activation checkpointing per chunk).
-        checkpoint_context: recompute the context encoder's activations in the backward pass,
-            layer by layer (training on gigapixel images: the context encoder's activations
-            grow with the number of context tokens).
+        context_pool, context_dim, context_kwargs, drop_rate, global_pool, region_chunk,
+            grad_ratio, checkpoint_regions, checkpoint_context: the xT options, documented
+            once in :data:`xt_plugins.nn.options.XT_OPTIONS`.
 
     .. versionadded:: 0.1
     """
@@ -65,16 +68,19 @@ class XTModel(nn.Module):
         context: str = "mamba",
         *,
         num_classes: int = 0,
-        context_pool: int | None = None,
-        context_dim: int | None = None,
-        context_kwargs: dict[str, Any] | None = None,
-        drop_rate: float = 0.0,
-        region_chunk: int | None = None,
-        grad_ratio: float = 1.0,
-        checkpoint_regions: bool = False,
-        checkpoint_context: bool = False,
+        context_pool: int | None = _D["context_pool"],
+        context_dim: int | None = _D["context_dim"],
+        context_kwargs: dict[str, Any] | None = _D["context_kwargs"],
+        drop_rate: float = _D["drop_rate"],
+        global_pool: str = _D["global_pool"],
+        region_chunk: int | None = _D["region_chunk"],
+        grad_ratio: float = _D["grad_ratio"],
+        checkpoint_regions: bool = _D["checkpoint_regions"],
+        checkpoint_context: bool = _D["checkpoint_context"],
     ) -> None:
         super().__init__()
+        if global_pool not in ("avg", ""):
+            raise ValueError(f"global_pool must be 'avg' or '' (unpooled), got {global_pool!r}")
         if not 0.0 < grad_ratio <= 1.0:
             raise ValueError(f"grad_ratio must be in (0, 1], got {grad_ratio}")
         if region_chunk is not None and region_chunk <= 0:
@@ -105,10 +111,14 @@ class XTModel(nn.Module):
             self.context = build_context(context, dim, **(context_kwargs or {}))
             self.context_out = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, channels))
         self.checkpoint_context = checkpoint_context
-        self.head = ClassifierHead(channels, num_classes, drop_rate)
+        # One identity per stage, applied to the stitched whole-image maps: the modules that
+        # ``feature_info`` names, so timm's hook-based feature extractors can hook them.
+        self.feature_taps = nn.ModuleList(nn.Identity() for _ in region_encoder.channels)
+        self.head = ClassifierHead(channels, num_classes, drop_rate)  # last child (TorchGeo)
         self.num_classes = num_classes
+        self.global_pool = global_pool
         self.feature_info = [
-            dict(num_chs=c, reduction=s, module=f"region_encoder.stages.{i}")
+            dict(num_chs=c, reduction=s, module=f"feature_taps.{i}")
             for i, (c, s) in enumerate(
                 zip(region_encoder.channels, region_encoder.reductions, strict=True)
             )
@@ -320,6 +330,10 @@ class XTModel(nn.Module):
     def forward_features(self, x: Tensor, region_mask: Tensor | None = None) -> Tensor:
         """Last-stage map with context, stitched over the image.
 
+        When a hook is registered on one of the ``feature_taps`` (timm's hook-based feature
+        extractors), the whole pyramid is stitched and passed through them; otherwise only
+        the last stage is kept (no extra memory).
+
         Args:
             x: (B, C, H, W) image, any H and W.
             region_mask: optional (B, R) bool, False for regions to skip (no tissue, nodata).
@@ -328,8 +342,16 @@ class XTModel(nn.Module):
             (B, C_last, ceil(H / 32), ceil(W / 32)).
         """
         last = len(self.region_encoder.channels) - 1
-        grid, feats = self._pyramid(x, [last], region_mask)
-        return grid.unnest(feats[-1], x.shape[0], crop_stride=self.last_stride)
+        hooked = any(t._forward_hooks or t._forward_pre_hooks for t in self.feature_taps)
+        stages = list(range(last + 1)) if hooked else [last]
+        grid, feats = self._pyramid(x, stages, region_mask)
+        maps = [
+            self.feature_taps[s](
+                grid.unnest(f, x.shape[0], crop_stride=self.region_encoder.reductions[s])
+            )
+            for s, f in zip(stages, feats, strict=True)
+        ]
+        return maps[-1]
 
     def token_weights(
         self, grid: RegionGrid, batch: int, region_mask: Tensor | None, device=None
@@ -345,14 +367,24 @@ class XTModel(nn.Module):
         return grid.unnest(maps.contiguous(), batch, crop_stride=self.last_stride)
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        """Classify a (B, C, h, w) map (mean-pooled) or already pooled (B, C) features."""
+        """Classify a (B, C, h, w) map (mean-pooled) or already pooled (B, C) features.
+
+        With ``global_pool=''`` a map stays unpooled: the head runs at every position and
+        returns (B, num_classes or C, h, w).
+        """
+        if x.ndim == 4 and not self.global_pool:
+            out = self.head(x.permute(0, 2, 3, 1), pre_logits=pre_logits)  # (B, h, w, K)
+            return out.permute(0, 3, 1, 2)
         pooled = masked_mean(x) if x.ndim == 4 else x
         return self.head(pooled, pre_logits=pre_logits)
 
     def forward(self, x: Tensor, region_mask: Tensor | None = None) -> Tensor:
-        """Image-level output: (B, num_classes), or (B, C) pooled features without a classifier."""
+        """Image-level output: (B, num_classes), or (B, C) pooled features without a classifier.
+
+        With ``global_pool=''``: the unpooled (B, num_classes or C, h, w) map instead.
+        """
         feat = self.forward_features(x, region_mask)
-        if region_mask is None:
+        if region_mask is None or not self.global_pool:
             return self.forward_head(feat)
         grid = self.grid_for(*x.shape[-2:])
         weights = self.token_weights(
@@ -389,7 +421,9 @@ class XTModel(nn.Module):
         grid, feats = self._pyramid(x, take)
         all_stages = sorted(set(take) | {len(self.feature_info) - 1})
         maps = {
-            s: grid.unnest(f, x.shape[0], crop_stride=self.feature_info[s]["reduction"])
+            s: self.feature_taps[s](
+                grid.unnest(f, x.shape[0], crop_stride=self.feature_info[s]["reduction"])
+            )
             for s, f in zip(all_stages, feats, strict=True)
         }
         out = [maps[s] for s in take]
@@ -415,6 +449,86 @@ class XTModel(nn.Module):
         return self.head.fc
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        """Replace the classifier with one of ``num_classes`` outputs (0 removes it)."""
+        """Replace the classifier with one of ``num_classes`` outputs (0 removes it).
+
+        Args:
+            num_classes: outputs of the new classifier (0: none).
+            global_pool: ``avg`` or ``''`` (``forward`` returns the unpooled map); None keeps
+                the current pooling.
+        """
+        if global_pool is not None:
+            if global_pool not in ("avg", ""):
+                raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
+            self.global_pool = global_pool
         self.head.reset(num_classes)
         self.num_classes = num_classes
+
+    # ------------------------------------------------------------------ optimizers
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        """Names of parameters that must not be weight-decayed (timm's convention).
+
+        Mamba's ``A_log`` and ``D``, biases, every normalisation layer's parameters,
+        positional projections / embeddings, class tokens and the region encoder's own
+        exemptions (Swin's ``logit_scale``, relative-position tables and ``cpb_mlp``).
+        ``timm.optim.create_optimizer_v2`` reads this; with
+        ``param_groups_weight_decay(model, wd, no_weight_decay_list=model.no_weight_decay())``
+        (what :func:`xt_plugins.param_groups` does) they land in the ``weight_decay=0`` group.
+        """
+        norm_types = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._NormBase)
+        norms = {name for name, m in self.named_modules() if isinstance(m, norm_types)}
+        norms |= {name for name, m in self.named_modules() if "norm" in type(m).__name__.lower()}
+        out = set()
+        for name, _ in self.named_parameters():
+            module, _, leaf = name.rpartition(".")
+            if (
+                leaf in _NO_DECAY_NAMES
+                or leaf == "bias"
+                or leaf.endswith("_bias")
+                or module in norms
+                or _NO_DECAY_MODULES.search(module)
+            ):
+                out.add(name)
+        return out
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        """Parameter groups for layer-wise learning-rate decay (timm's convention).
+
+        The region encoder's first child is the stem; each further child of the backbone
+        (stages) is one block, then the context encoder, then the head (timm puts the
+        unmatched head last).
+
+        Args:
+            coarse: unused (groups are per stage either way).
+
+        Returns:
+            ``{"stem": regex, "blocks": [(regex, (ordinal,)), ...]}`` for
+            ``timm.optim.param_groups_layer_decay``.
+        """
+        encoder = self.region_encoder
+        module: nn.Module = getattr(encoder, "backbone", encoder)
+        prefix = "region_encoder." + ("backbone." if module is not encoder else "")
+        children = [n for n, c in module.named_children() if any(True for _ in c.parameters())]
+        while len(children) == 1:  # a wrapper (e.g. timm's FeatureGetterNet.model)
+            prefix += children[0] + "."
+            module = getattr(module, children[0])
+            children = [n for n, c in module.named_children() if any(True for _ in c.parameters())]
+        stem = "^" + re.escape(prefix) + "(?:" + "|".join(map(re.escape, children[:1])) + r")\b"
+        blocks = [
+            ("^" + re.escape(prefix + name) + r"\b", (i,)) for i, name in enumerate(children[1:])
+        ]
+        # direct parameters of the backbone (e.g. a positional embedding) go with the stem
+        direct = [n for n, _ in module.named_parameters(recurse=False)]
+        if direct:
+            stem = f"{stem}|^{re.escape(prefix)}(?:" + "|".join(map(re.escape, direct)) + ")$"
+        n = len(blocks)
+        blocks += [(r"^context_in\b|^context\.", (n,)), (r"^context_out\b", (n + 1,))]
+        return {"stem": stem, "blocks": blocks}
+
+    def first_conv_name(self) -> str:
+        """Name of the region encoder's stem convolution (``pretrained_cfg["first_conv"]``)."""
+        for name, module in self.named_modules():
+            if isinstance(module, nn.Conv2d) and name.startswith("region_encoder."):
+                return name
+        raise AttributeError("the region encoder has no Conv2d stem")

@@ -32,7 +32,12 @@ from torchgeo.tasks import utils as tg_utils
 
 import xt_plugins  # noqa: F401 (registers the xt_* names with timm)
 
-from ..nn.heads import PointDetector, find_peaks, heatmap_focal_loss
+from ..nn.heads import (
+    PointDetector,
+    decode_detections,
+    ground_truth_detections,
+    heatmap_focal_loss,
+)
 from .metrics import MATCH_DISTANCE_M, SHORE_DISTANCE_KM, XView3Metric
 
 __all__ = [
@@ -290,88 +295,6 @@ class XTSemanticSegmentation(SemanticSegmentation):
             if hp[flag]:
                 for param in part.parameters():
                     param.requires_grad = False
-
-
-# ---------------------------------------------------------------------------- detection
-def decode_detections(
-    outputs: Mapping[str, Tensor],
-    out_stride: int,
-    pixel_size: Sequence[float] | Tensor,
-    threshold: float = 0.3,
-    kernel: int = 3,
-    valid: Tensor | None = None,
-) -> list[dict[str, Tensor]]:
-    """Detections of a batch of detector outputs, in window pixels and metres.
-
-    Args:
-        outputs: ``heatmap``, ``vessel``, ``fishing`` (logits) and ``length`` (log metres),
-            each (B, 1, h, w).
-        out_stride: input pixels per output cell.
-        pixel_size: metres per pixel of each image (B,).
-        threshold: smallest centre probability.
-        kernel: NMS window in cells.
-        valid: optional (B, 1, H, W) input validity; peaks on cells without data are dropped.
-
-    Returns:
-        Per image a dict of (N,) tensors: ``row``, ``col`` (input pixels, cell centres),
-        ``detect_x``, ``detect_y`` (metres from the window's top-left corner; y grows down),
-        ``score``, ``vessel_prob``, ``fishing_prob``, ``is_vessel``, ``is_fishing``,
-        ``vessel_length_m``.
-    """
-    heat = outputs["heatmap"].detach().float().sigmoid()
-    if valid is not None:
-        cells = F.adaptive_max_pool2d(valid.float(), heat.shape[-2:])
-        heat = heat * (cells > 0)
-    vessel = outputs["vessel"].detach().float().sigmoid()[:, 0]
-    fishing = outputs["fishing"].detach().float().sigmoid()[:, 0]
-    length = outputs["length"].detach().float()[:, 0].clamp(-10, 10).exp()
-    out = []
-    for b, (rows, cols, scores) in enumerate(find_peaks(heat, threshold, kernel)):
-        ps = float(pixel_size[b])
-        r_px = (rows.float() + 0.5) * out_stride
-        c_px = (cols.float() + 0.5) * out_stride
-        vp, fp = vessel[b, rows, cols], fishing[b, rows, cols]
-        out.append(
-            {
-                "row": r_px,
-                "col": c_px,
-                "detect_x": c_px * ps,
-                "detect_y": r_px * ps,
-                "score": scores,
-                "vessel_prob": vp,
-                "fishing_prob": fp,
-                "is_vessel": (vp > 0.5).float(),
-                "is_fishing": ((fp > 0.5) & (vp > 0.5)).float(),
-                "vessel_length_m": length[b, rows, cols],
-            }
-        )
-    return out
-
-
-def ground_truth_detections(
-    batch: Mapping[str, Tensor], out_stride: int, pixel_size: Sequence[float] | Tensor
-) -> list[dict[str, Tensor]]:
-    """Ground-truth tables of a batch of detection targets (centres where ``heatmap == 1``)."""
-    out = []
-    for b in range(batch["heatmap"].shape[0]):
-        rows, cols = torch.nonzero(batch["heatmap"][b, 0] >= 1.0 - 1e-6, as_tuple=True)
-        ps = float(pixel_size[b])
-
-        def value(key: str, rows: Tensor = rows, cols: Tensor = cols, b: int = b) -> Tensor:
-            v = batch[key][b, rows, cols].float()
-            return torch.where(v < 0, torch.full_like(v, float("nan")), v)
-
-        out.append(
-            {
-                "detect_x": (cols.float() + 0.5) * out_stride * ps,
-                "detect_y": (rows.float() + 0.5) * out_stride * ps,
-                "is_vessel": value("vessel"),
-                "is_fishing": value("fishing"),
-                "vessel_length_m": value("length"),
-                "distance_from_shore_km": value("shore"),
-            }
-        )
-    return out
 
 
 class XTVesselDetection(BaseTask):
