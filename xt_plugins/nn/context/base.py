@@ -10,6 +10,8 @@ grid, so any image size works.
 
 from __future__ import annotations
 
+import difflib
+import inspect
 from typing import Any
 
 import torch
@@ -21,6 +23,8 @@ __all__ = [
     "CONTEXT_ENCODERS",
     "register_context",
     "build_context",
+    "context_options",
+    "check_context_options",
     "sincos_2d",
 ]
 
@@ -53,17 +57,73 @@ def build_context(name: str, dim: int, **kwargs: Any) -> ContextEncoder:
     Args:
         name: registered name (``none``, ``txl``, ``hyper``, ``mamba``).
         dim: token dimension (channels of the region encoder's last stage).
-        **kwargs: passed to the encoder's constructor.
+        **kwargs: passed to the encoder's constructor; options of the other registered
+            encoders are accepted and ignored.
 
     Returns:
         The context encoder.
 
     Raises:
         KeyError: if ``name`` is not registered; the message lists the known names.
+        TypeError: on an option no registered encoder takes (:func:`check_context_options`).
     """
     if name not in CONTEXT_ENCODERS:
         raise KeyError(f"unknown context encoder {name!r}; known: {sorted(CONTEXT_ENCODERS)}")
     return CONTEXT_ENCODERS[name](dim, **kwargs)
+
+
+def context_options(name: str) -> tuple[str, ...]:
+    """The options a registered context encoder takes: its constructor's named parameters.
+
+    Args:
+        name: registered name.
+
+    Returns:
+        Sorted option names (without ``dim``).
+
+    Raises:
+        KeyError: if ``name`` is not registered.
+    """
+    if name not in CONTEXT_ENCODERS:
+        raise KeyError(f"unknown context encoder {name!r}; known: {sorted(CONTEXT_ENCODERS)}")
+    params = inspect.signature(CONTEXT_ENCODERS[name].__init__).parameters.values()
+    named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return tuple(
+        sorted(p.name for p in params if p.kind in named and p.name not in ("self", "dim"))
+    )
+
+
+def check_context_options(name: str, options: dict[str, Any]) -> None:
+    """Raise on options that no registered context encoder takes.
+
+    The project passes one option set to every encoder (``context_kwargs``), so an option of
+    *another* registered encoder (``segment_len`` given to ``mamba``) is accepted and ignored;
+    a name no encoder knows (a typo such as ``segment_length``) is an error.
+
+    Args:
+        name: the encoder the options are for (its own options are always accepted).
+        options: the options it was given beyond its own named parameters.
+
+    Raises:
+        TypeError: naming the unknown option(s), the encoder's own options and the others'.
+    """
+    own = set(context_options(name)) if name in CONTEXT_ENCODERS else set()
+    every = own.union(*(context_options(other) for other in CONTEXT_ENCODERS))
+    unknown = sorted(set(options) - every)
+    if not unknown:
+        return
+    hints = [
+        f"{u!r} (did you mean {m[0]!r}?)"
+        if (m := difflib.get_close_matches(u, every, 1))
+        else repr(u)
+        for u in unknown
+    ]
+    raise TypeError(
+        f"unknown context option {', '.join(hints)} for context encoder {name!r} (fix the name "
+        f"in context_kwargs); {name!r} takes "
+        f"{sorted(own)}; options of the other registered encoders (accepted and ignored): "
+        f"{sorted(every - own)}"
+    )
 
 
 def sincos_2d(coords: Tensor, dim: int, temperature: float = 10000.0) -> Tensor:
@@ -94,7 +154,10 @@ def sincos_2d(coords: Tensor, dim: int, temperature: float = 10000.0) -> Tensor:
 class ContextEncoder(nn.Module):
     """Base class: maps region tokens (B, N, D) with positions (N, 2) to (B, N, D).
 
-    Subclasses implement :meth:`forward`. ``state`` is encoder-specific and lets streaming
+    Subclasses implement :meth:`forward` and pass the options they do not take on to
+    ``super().__init__(dim, **kwargs)``, which accepts those of the other registered encoders
+    (the project passes one option set to every encoder) and raises a ``TypeError`` on any
+    other name. ``state`` is encoder-specific and lets streaming
     code run the sequence in pieces: Transformer-XL returns its per-layer memory, Mamba its
     scan state; the stateless encoders return ``None``.
 
@@ -109,8 +172,16 @@ class ContextEncoder(nn.Module):
     name: str = "base"
     grad_checkpointing: bool = False
 
-    def __init__(self, dim: int) -> None:
+    def __init__(self, dim: int, **other_options: Any) -> None:
+        """Set ``dim`` and check the options the subclass did not take itself.
+
+        Args:
+            dim: token dimension.
+            **other_options: options of other registered encoders (ignored); anything else
+                raises a ``TypeError`` (:func:`check_context_options`).
+        """
         super().__init__()
+        check_context_options(type(self).name, other_options)
         self.dim = dim
 
     def forward(

@@ -334,8 +334,8 @@ class HyperContext(ContextEncoder):
         block_size: exact-attention block size of the approximation.
         sample_size: sampled keys per query block of the approximation.
         exact_threshold: sequences up to this length use exact attention.
-        **kwargs: ignored (e.g. ``segment_len``, ``mem_len``, ``d_state``), so every context
-            encoder accepts the same option set.
+        **kwargs: options of the other registered context encoders, accepted and ignored (one
+            option set serves every encoder); any other name raises ``TypeError``.
     """
 
     def __init__(
@@ -349,7 +349,7 @@ class HyperContext(ContextEncoder):
         exact_threshold: int = 2048,
         **kwargs: Any,
     ) -> None:
-        super().__init__(dim)
+        super().__init__(dim, **kwargs)
         num_heads = num_heads_for(dim) if num_heads is None else num_heads
         self.pos_proj = nn.Linear(dim, dim)
         self.blocks = nn.ModuleList(

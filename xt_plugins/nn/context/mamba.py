@@ -57,8 +57,8 @@ class MambaContext(ContextEncoder):
             layer in pieces of ``checkpoint_len`` tokens, each piece checkpointed with the scan
             and convolution state carried (and differentiated) across pieces, so the backward
             pass recomputes one piece at a time instead of a whole layer.
-        **kwargs: ignored (``segment_len``, ``mem_len``, ``num_heads`` ... of the other
-            encoders), so every context encoder takes one set of options.
+        **kwargs: options of the other registered context encoders, accepted and ignored (one
+            option set serves every encoder); any other name raises ``TypeError``.
     """
 
     def __init__(
@@ -72,7 +72,7 @@ class MambaContext(ContextEncoder):
         checkpoint_len: int = 2048,
         **kwargs: Any,
     ) -> None:
-        super().__init__(dim)
+        super().__init__(dim, **kwargs)
         if checkpoint_len < 1:
             raise ValueError(f"checkpoint_len must be >= 1, got {checkpoint_len}")
         self.depth = depth

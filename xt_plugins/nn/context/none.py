@@ -15,11 +15,12 @@ class NoContext(ContextEncoder):
 
     Args:
         dim: token dimension.
-        **kwargs: ignored, so every context encoder accepts the same options.
+        **kwargs: options of the other registered context encoders, accepted and ignored (one
+            option set serves every encoder); any other name raises ``TypeError``.
     """
 
     def __init__(self, dim: int, **kwargs: Any) -> None:
-        super().__init__(dim)
+        super().__init__(dim, **kwargs)
 
     def forward(self, tokens: Tensor, coords: Tensor, state: Any = None) -> tuple[Tensor, Any]:
         """Return ``tokens`` unchanged (and no state)."""

@@ -72,7 +72,8 @@ class TransformerXLContext(ContextEncoder):
         mlp_ratio: MLP width relative to ``dim``.
         segment_len: tokens per segment.
         mem_len: tokens of memory each layer keeps from earlier segments.
-        **kwargs: ignored (options of other context encoders).
+        **kwargs: options of the other registered context encoders, accepted and ignored (one
+            option set serves every encoder); any other name raises ``TypeError``.
 
     .. versionadded:: 0.1
     """
@@ -87,7 +88,7 @@ class TransformerXLContext(ContextEncoder):
         mem_len: int = 256,
         **kwargs: Any,
     ) -> None:
-        super().__init__(dim)
+        super().__init__(dim, **kwargs)
         if segment_len <= 0 or mem_len < 0:
             raise ValueError(
                 f"segment_len must be > 0 and mem_len >= 0, got {segment_len}, {mem_len}"
