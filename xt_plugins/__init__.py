@@ -5,6 +5,7 @@ Importing the package registers every ``xt_<backbone>_<context>`` model with tim
 
 from .models import BACKBONES, CONTEXTS, create_model, model_names
 from .nn import RegionGrid, XTModel
+from .nn.official import load_official_xt
 from .nn.streaming import StreamResult, stream_forward, stream_predict
 
 __version__ = "0.1.0"
@@ -24,6 +25,7 @@ __all__ = [
     "XTModel",
     "__version__",
     "create_model",
+    "load_official_xt",
     "model_names",
     "stream_forward",
     "stream_predict",

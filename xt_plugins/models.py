@@ -16,6 +16,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
 from .nn.context import CONTEXT_ENCODERS
+from .nn.official import create_official_xt, official_release, pretrained_cfgs_with_releases
 from .nn.options import XT_OPTIONS, split_options
 from .nn.region import RegionEncoder
 from .nn.xt import XTModel
@@ -155,8 +156,27 @@ def _cfg(backbone: str, context: str) -> dict[str, Any]:
     }
 
 
+# --- released official xT checkpoints: timm pretrained tags (xt_plugins.nn.official) ---------
+#: Region encoders that have released official xT weights but no ``xt_<backbone>_<context>``
+#: family here (not in :data:`BACKBONES` / :func:`model_names`): only their released heads are
+#: registered, untagged they build this project's model like every other name.
+RELEASE_BACKBONES: dict[str, str] = {"swinv2_large": "swinv2_large_window12to16_192to256"}
+_RELEASE_ONLY_NAMES = ("xt_swinv2_large_hyper", "xt_swinv2_large_mamba")
+
+
+def _release_only_cfg(name: str) -> dict[str, Any]:
+    backbone, _, context = name[3:].rpartition("_")
+    notes = (f"region encoder {RELEASE_BACKBONES[backbone]}, context encoder {context}",)
+    return {**_cfg("swinv2_base", context), "notes": notes}
+
+
 default_cfgs = generate_default_cfgs(
-    {f"xt_{b}_{c}": _cfg(b, c) for b in BACKBONES for c in CONTEXTS}
+    pretrained_cfgs_with_releases(
+        {
+            **{f"xt_{b}_{c}": _cfg(b, c) for b in BACKBONES for c in CONTEXTS},
+            **{name: _release_only_cfg(name) for name in _RELEASE_ONLY_NAMES},
+        }
+    )
 )
 
 
@@ -172,8 +192,11 @@ def _create_xt(variant: str, pretrained: bool = False, **kwargs: Any) -> XTModel
     ``"dict"`` use the hook extractor too (an xT model is not a chain of its children).
     A ``feature_cfg`` given by the caller updates the factory's own.
     """
+    if official_release(variant, kwargs.get("pretrained_cfg")):  # a released official xT tag
+        return create_official_xt(variant, pretrained=pretrained, **kwargs)
     _, _, rest = variant.partition("xt_")
     backbone, _, context = rest.rpartition("_")
+    backbone = RELEASE_BACKBONES.get(backbone, backbone)
     kwargs.setdefault("pretrained_region", pretrained or None)
     feature_cfg = dict(feature_cls="getter", out_indices=(0, 1, 2, 3))
     feature_cfg.update(kwargs.pop("feature_cfg", None) or {})
@@ -208,4 +231,6 @@ def _make_factory(name: str):
 
 
 for _name in model_names():
+    setattr(sys.modules[__name__], _name, register_model(_make_factory(_name)))
+for _name in _RELEASE_ONLY_NAMES:  # released official xT weights only (see RELEASE_BACKBONES)
     setattr(sys.modules[__name__], _name, register_model(_make_factory(_name)))
