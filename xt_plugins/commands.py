@@ -1,11 +1,16 @@
-"""Core commands: ``models`` (and later ``demo`` and ``bench``)."""
+"""Core commands: ``models``, ``demo``, ``bench`` and ``torchgeo`` (TorchGeo's own CLI).
+
+.. versionadded:: 0.1
+"""
 
 from __future__ import annotations
 
 import argparse
+import sys
+from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["register"]
+__all__ = ["register", "run_torchgeo"]
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -34,6 +39,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("args", nargs=argparse.REMAINDER, help="arguments for the script")
     p.set_defaults(func=_bench)
 
+    p = sub.add_parser(
+        "torchgeo",
+        help="TorchGeo's own command line (fit/validate/test/predict) with the xT models "
+        "registered: any stock config may name xt_* models",
+        description="Runs `torchgeo ARGS` (torchgeo.main.main, LightningCLI) after importing "
+        "xt_plugins, so stock tasks (torchgeo.tasks.Classification, SemanticSegmentation "
+        "with tu-xt_...) with stock data modules find the xt_* timm names. Example: "
+        "xt-plugins torchgeo fit --config eurosat.yaml. Same as python -m xt_plugins.torchgeo.",
+    )
+    p.add_argument("args", nargs=argparse.REMAINDER, help="arguments for `torchgeo`")
+    p.set_defaults(func=lambda a: run_torchgeo(a.args))
+
 
 def _models(args: argparse.Namespace) -> int:
     import fnmatch
@@ -55,8 +72,10 @@ def _models(args: argparse.Namespace) -> int:
 
 
 def benchmarks_dir() -> Path:
-    """The repository's ``benchmarks/`` folder (benchmarks ship with the source tree)."""
-    return Path(__file__).resolve().parent.parent / "benchmarks"
+    """The ``benchmarks/`` folder (shipped in the wheel; the source tree's in a checkout)."""
+    from .resources import shipped_path
+
+    return shipped_path("benchmarks")
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -73,6 +92,29 @@ def _bench(args: argparse.Namespace) -> int:
             f"no benchmark {args.name!r} in {folder} (available: {', '.join(scripts) or 'none'})"
         )
     return subprocess.call([sys.executable, str(folder / f"{args.name}.py"), *args.args])
+
+
+def run_torchgeo(args: Sequence[str]) -> int:
+    """``torchgeo ARGS`` with the xT models registered with timm.
+
+    Args:
+        args: TorchGeo's arguments (``fit --config X``, ``fit --print_config``, ...).
+
+    Returns:
+        0 (LightningCLI exits with its own code on errors and ``--help``).
+
+    .. versionadded:: 0.2
+    """
+    from torchgeo.main import main
+
+    import xt_plugins  # noqa: F401 (registers the xt_* names with timm)
+
+    argv, sys.argv = sys.argv, ["torchgeo", *args]  # LightningCLI reads the program name
+    try:
+        main(list(args))
+    finally:
+        sys.argv = argv
+    return 0
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -32,7 +32,9 @@ from typing import Any
 
 __all__ = ["DemoConfig", "run_demo"]
 
-REPO = Path(__file__).resolve().parent.parent
+#: The folder that holds the ``xt_plugins`` package (a source tree or site-packages): the
+#: stages' ``PYTHONPATH``, so they import this very copy.
+PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 
 
 @dataclass
@@ -132,10 +134,12 @@ def run_demo(config: DemoConfig | None = None) -> dict[str, Any]:
     big_slide_dir, big_scene_root = data / "slide", data / "scene"
     for d in (data, logs, big_slide_dir, big_scene_root):
         d.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(REPO)}
+    from .resources import shipped_path
+
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(PACKAGE_ROOT)}
     bundle = out / "bundle"
     shutil.rmtree(bundle, ignore_errors=True)
-    shutil.copytree(REPO / "recipes" / "wsi_tumor_classification", bundle)
+    shutil.copytree(shipped_path("recipes") / "wsi_tumor_classification", bundle)
     slide_over = bundle / "demo_overrides.json"
     slide_over.write_text(json.dumps({
         "mpp": cfg.slide_mpp, "region_size": cfg.slide_region, "epochs": cfg.slide_epochs,
@@ -254,7 +258,7 @@ def run_demo(config: DemoConfig | None = None) -> dict[str, Any]:
                 str(Path(sys.executable).with_name("torchgeo")),
                 "fit",
                 "--config",
-                str(REPO / "configs" / "torchgeo" / "vessel_detection.yaml"),
+                str(shipped_path("configs") / "torchgeo" / "vessel_detection.yaml"),
                 "--model.init_args.model=xt_convnext_tiny_mamba",
                 f"--model.init_args.region_size={cfg.sar_region}",
                 "--model.init_args.decoder_channels=32",

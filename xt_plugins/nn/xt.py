@@ -24,7 +24,13 @@ from .options import RUNTIME_OPTIONS, XT_OPTIONS
 from .region import RegionEncoder
 from .tokenize import RegionGrid
 
-__all__ = ["RUNTIME_OPTIONS", "XTModel", "RegionLoader"]
+__all__ = [
+    "RUNTIME_OPTIONS",
+    "XTModel",
+    "RegionLoader",
+    "no_weight_decay_names",
+    "weight_decay_groups",
+]
 
 _D = {name: option.default for name, option in XT_OPTIONS.items()}
 #: Parameter names (last component) that no optimizer should decay: Mamba's state matrix and
@@ -532,3 +538,43 @@ class XTModel(nn.Module):
             if isinstance(module, nn.Conv2d) and name.startswith("region_encoder."):
                 return name
         raise AttributeError("the region encoder has no Conv2d stem")
+
+
+def no_weight_decay_names(module: nn.Module) -> set[str]:
+    """Full names of the parameters that must not be decayed, over every XTModel inside.
+
+    Args:
+        module: an :class:`XTModel`, or anything holding one (a TorchGeo task, an smp model
+            on an xT encoder, a detector).
+
+    Returns:
+        Parameter names as ``module.named_parameters()`` spells them.
+    """
+    names: set[str] = set()
+    for prefix, sub in module.named_modules():
+        if isinstance(sub, XTModel):
+            lead = f"{prefix}." if prefix else ""
+            names |= {lead + n for n in sub.no_weight_decay()}
+    return names
+
+
+def weight_decay_groups(module: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Optimizer parameter groups: ``weight_decay`` for weights, 0 for the exempt ones.
+
+    timm's ``param_groups_weight_decay`` with :func:`no_weight_decay_names` as the list
+    (biases and other 1-D parameters are exempt as well). Use it for any optimizer::
+
+        torch.optim.AdamW(weight_decay_groups(model, 0.05), lr=1e-4)
+
+    Args:
+        module: the model (or a module holding xT models).
+        weight_decay: decay of the decayed group.
+
+    Returns:
+        ``[{"params": [...], "weight_decay": 0.0}, {"params": [...], "weight_decay": wd}]``.
+    """
+    from timm.optim import param_groups_weight_decay
+
+    return param_groups_weight_decay(
+        module, weight_decay, no_weight_decay_list=no_weight_decay_names(module)
+    )

@@ -1,8 +1,6 @@
 """TorchGeo integration: xT tasks, a region-aligned sampler, SAR scenes and xView3 metrics.
 
-Importing this package is cheap: it only lists the xT models in TorchGeo's model registry
-(:func:`register_torchgeo_models`, lazily: nothing of TorchGeo is imported here). The classes
-below load their modules on first access.
+Importing this package is cheap: the classes below load their modules on first access.
 
 - tasks: :class:`XTClassification`, :class:`XTSemanticSegmentation`,
   :class:`XTVesselDetection`;
@@ -10,18 +8,25 @@ below load their modules on first access.
   :class:`SARSceneDataModule`;
 - metrics: :func:`xview3_score`, :class:`XView3Metric`.
 
+The xT models live in **timm's registry** (``import xt_plugins`` registers every
+``xt_<backbone>_<context>`` name), which is what TorchGeo's stock tasks build from:
+``Classification(model="xt_convnext_tiny_mamba")`` calls ``timm.create_model``, and
+``SemanticSegmentation(backbone="tu-xt_convnext_tiny_txl")`` goes through smp's timm
+encoders. TorchGeo's own ``torchgeo.models.list_models()`` registry (a private dict) is not
+touched: ``timm.list_models("xt_*")`` or ``xt-plugins models`` lists the names. Under
+``torchgeo fit`` with a stock config nothing imports ``xt_plugins``; run
+``xt-plugins torchgeo fit --config ...`` (or ``python -m xt_plugins.torchgeo fit``), which is
+TorchGeo's own command after ``import xt_plugins``.
+
 .. versionadded:: 0.1
+.. versionchanged:: 0.2
+   No longer writes into TorchGeo's private model registry (an import hook did);
+   ``register_torchgeo_models`` is a deprecated no-op.
 """
 
 from __future__ import annotations
 
 import importlib
-import importlib.abc
-import importlib.util
-import sys
-import warnings
-from collections.abc import Callable
-from types import ModuleType
 from typing import Any
 
 __all__ = [
@@ -51,9 +56,6 @@ _LAZY: dict[str, str] = {
     "xview3_score": "metrics",
 }
 
-#: The TorchGeo module whose private ``_model`` dict backs ``list_models`` / ``get_model``.
-_API = "torchgeo.models.api"
-
 
 def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
@@ -68,103 +70,23 @@ def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))
 
 
-# ---------------------------------------------------------------------------- registry
-def _builder(name: str) -> Callable[..., Any]:
-    def build(weights: Any = None, *args: Any, **kwargs: Any) -> Any:
-        if weights not in (None, False):
-            raise ValueError(
-                f"{name} has no TorchGeo weights; pass pretrained=True for the region "
-                "encoder's timm weights, or load a state dict"
-            )
-        import timm
-
-        return timm.create_model(name, *args, **kwargs)
-
-    build.__name__ = build.__qualname__ = name
-    build.__doc__ = f"xT model {name} through timm (see :func:`xt_plugins.create_model`)."
-    return build
-
-
-def _add_models(api: ModuleType) -> int:
-    """Add every xT name to TorchGeo's registry dict; returns how many were added."""
-    registry = getattr(api, "_model", None)
-    if not isinstance(registry, dict):
-        warnings.warn(
-            f"{_API}._model is not a dict in this TorchGeo version: xT models are not listed "
-            "in torchgeo.models.list_models() (timm names still work)",
-            stacklevel=3,
-        )
-        return 0
-    from ..models import model_names
-
-    added = 0
-    for name in model_names():
-        if name not in registry:
-            registry[name] = _builder(name)
-            added += 1
-    return added
-
-
-class _RegisteringLoader(importlib.abc.Loader):
-    """Wraps the loader of ``torchgeo.models.api``: registers right after the module runs."""
-
-    def __init__(self, loader: importlib.abc.Loader) -> None:
-        self._loader = loader
-
-    def create_module(self, spec: Any) -> ModuleType | None:
-        return self._loader.create_module(spec)
-
-    def exec_module(self, module: ModuleType) -> None:
-        self._loader.exec_module(module)
-        try:
-            _add_models(module)
-        except Exception as e:  # never break TorchGeo's import
-            warnings.warn(f"xt-plugins: could not list xT models in TorchGeo: {e}", stacklevel=2)
-
-    def __getattr__(self, name: str) -> Any:  # get_source, get_resource_reader, ...
-        return getattr(self._loader, name)
-
-
-class _TorchGeoHook(importlib.abc.MetaPathFinder):
-    """Finds ``torchgeo.models.api`` through the other finders and wraps its loader."""
-
-    def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
-        if fullname != _API:
-            return None
-        sys.meta_path[:] = [f for f in sys.meta_path if f is not self]  # one shot
-        spec = importlib.util.find_spec(fullname)
-        if spec is None or spec.loader is None:
-            return spec
-        spec.loader = _RegisteringLoader(spec.loader)
-        return spec
-
-
 def register_torchgeo_models() -> bool:
-    """List the ``xt_*`` models in TorchGeo's ``list_models()`` / ``get_model()``.
+    """Deprecated no-op: the xT models are listed in timm's registry, not TorchGeo's.
 
-    If ``torchgeo.models`` is already imported, the names are added now; otherwise a one-shot
-    import hook adds them right after TorchGeo imports its registry, so importing
-    ``xt_plugins`` never pulls in ``torchgeo.models`` (several seconds). Idempotent; never
-    raises (a TorchGeo change only costs the listing, with a warning).
+    ``import xt_plugins`` registers every ``xt_*`` name with timm, which TorchGeo's tasks
+    build from; ``timm.list_models("xt_*")`` lists them.
 
     Returns:
-        True when the names are or will be listed, False when TorchGeo is not installed.
+        False (nothing is added to TorchGeo's private registry).
 
-    .. versionadded:: 0.1
+    .. deprecated:: 0.2
     """
-    try:
-        api = sys.modules.get(_API)
-        if api is not None:
-            _add_models(api)
-            return True
-        if importlib.util.find_spec("torchgeo") is None:
-            return False
-        if not any(isinstance(f, _TorchGeoHook) for f in sys.meta_path):
-            sys.meta_path.insert(0, _TorchGeoHook())
-        return True
-    except Exception as e:  # pragma: no cover (defensive)
-        warnings.warn(f"xt-plugins: could not list xT models in TorchGeo: {e}", stacklevel=2)
-        return False
+    import warnings
 
-
-register_torchgeo_models()
+    warnings.warn(
+        "register_torchgeo_models() does nothing since xt-plugins 0.2: the xT models are in "
+        "timm's registry (timm.list_models('xt_*')); remove the call",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    return False

@@ -1,16 +1,23 @@
 """TorchGeo tasks with xT models: classification, segmentation and xView3 vessel detection.
 
 ``XTClassification`` and ``XTSemanticSegmentation`` are TorchGeo's own tasks whose
-``configure_models`` builds an xT model with xT's options (``region_size``, ``context_pool``,
-``grad_ratio``, ``region_chunk``, ``checkpoint_regions`` and ``model_kwargs`` for the region
-and context encoders, e.g. a tiny config). ``XTVesselDetection`` is xView3-style point
-detection: a dense decoder over xT's feature pyramid with centre-heatmap, vessel, fishing and
-length heads (:class:`~xt_plugins.nn.heads.PointDetector`), CenterNet losses, and the
-xView3 score as validation metric.
+``configure_models`` builds an xT model. They take every TorchGeo argument (forwarded to
+TorchGeo's ``__init__``, so ``torchgeo fit --print_config`` lists them all) plus the xT
+options of :class:`XTTaskOptions`, declared once for the three tasks. ``XTVesselDetection``
+is xView3-style point detection: a dense decoder over xT's feature pyramid with
+centre-heatmap, vessel, fishing and length heads (:class:`~xt_plugins.nn.heads.PointDetector`),
+CenterNet losses, and the xView3 score as validation metric.
+
+``weights`` follows TorchGeo: ``True`` (the region encoder's timm weights), a TorchGeo
+``WeightsEnum`` member or its name (loaded into the region encoder; its backbone must be the
+region encoder's, its ``in_chans`` are adapted), or the path of a Lightning checkpoint.
+
+The optimizers exempt Mamba's ``A_log`` / ``D``, biases, norms, positional projections and
+class tokens from weight decay (:meth:`~xt_plugins.nn.XTModel.no_weight_decay`).
 
 The stock tasks need nothing from here: ``Classification(model="xt_swinv2_tiny_mamba")`` and
 ``SemanticSegmentation(backbone="tu-xt_swinv2_tiny_txl")`` work once ``xt_plugins`` is
-imported.
+imported (``xt-plugins torchgeo fit`` imports it for any config).
 
 .. versionadded:: 0.1
 """
@@ -19,16 +26,22 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping, Sequence
+import tempfile
+import warnings
+from collections.abc import Mapping
 from typing import Any, Literal
 
 import segmentation_models_pytorch as smp
 import timm
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.core.mixins import HyperparametersMixin
 from torch import Tensor, nn
+from torch.optim import AdamW
+from torch.optim.lr_scheduler import ReduceLROnPlateau
 from torchgeo.tasks import BaseTask, Classification, SemanticSegmentation
 from torchgeo.tasks import utils as tg_utils
+from torchvision.models._api import WeightsEnum
 
 import xt_plugins  # noqa: F401 (registers the xt_* names with timm)
 
@@ -38,13 +51,18 @@ from ..nn.heads import (
     ground_truth_detections,
     heatmap_focal_loss,
 )
+from ..nn.options import XT_OPTIONS
+from ..nn.xt import XTModel, weight_decay_groups
 from .metrics import MATCH_DISTANCE_M, SHORE_DISTANCE_KM, XView3Metric
 
 __all__ = [
     "XTClassification",
     "XTSemanticSegmentation",
+    "XTTaskOptions",
     "XTVesselDetection",
     "decode_detections",
+    "ground_truth_detections",
+    "load_task_weights",
     "xt_model_kwargs",
     "xt_model_name",
 ]
@@ -56,17 +74,20 @@ SMP_ARCHITECTURES: dict[str, str] = {
     "upernet": "UPerNet",
     "segformer": "Segformer",
 }
+#: The xT options a task takes as its own arguments (the rest go through ``model_kwargs``).
+TASK_OPTIONS: tuple[str, ...] = (
+    "region_size",
+    "context_pool",
+    "grad_ratio",
+    "region_chunk",
+    "checkpoint_regions",
+)
+_D = {name: XT_OPTIONS[name].default for name in TASK_OPTIONS}
 
 
 def xt_model_kwargs(hparams: Mapping[str, Any]) -> dict[str, Any]:
     """The xT options of a task's hyperparameters as ``timm.create_model`` kwargs."""
-    kwargs: dict[str, Any] = {
-        "region_size": hparams["region_size"],
-        "context_pool": hparams["context_pool"],
-        "grad_ratio": hparams["grad_ratio"],
-        "region_chunk": hparams["region_chunk"],
-        "checkpoint_regions": hparams["checkpoint_regions"],
-    }
+    kwargs: dict[str, Any] = {name: hparams[name] for name in TASK_OPTIONS}
     extra = dict(hparams.get("model_kwargs") or {})
     clash = sorted(set(extra) & (set(kwargs) | {"num_classes", "in_chans", "pretrained"}))
     if clash:
@@ -92,36 +113,108 @@ def xt_model_name(name: str, context: str | None = None) -> str:
     return bare
 
 
-def _load_weights(model: nn.Module, weights: Any) -> None:
-    """Load a checkpoint / state-dict path (TorchGeo's ``weights`` convention) into ``model``."""
-    if weights and weights is not True:
-        if not isinstance(weights, str | os.PathLike) or not os.path.exists(weights):
-            raise ValueError(
-                f"weights={weights!r}: xT tasks take True (timm weights of the region "
-                "encoder) or the path of a saved state dict / checkpoint"
-            )
-        _, state_dict = tg_utils.extract_backbone(str(weights))
-        tg_utils.load_state_dict(model, state_dict)
+def _xt_inside(model: nn.Module) -> XTModel:
+    """The :class:`XTModel` inside a task's model (itself, an smp encoder, a detector)."""
+    found = next((m for m in model.modules() if isinstance(m, XTModel)), None)
+    if found is None:
+        raise TypeError(f"{type(model).__name__} holds no XTModel")
+    return found
 
 
-class XTClassification(Classification):
-    """TorchGeo image classification with an xT model (``xt_<backbone>_<context>``).
+def _weights_enum(weights: Any) -> WeightsEnum | None:
+    """``weights`` as a TorchGeo ``WeightsEnum`` member (also from its name), else None."""
+    if isinstance(weights, WeightsEnum):
+        return weights
+    if isinstance(weights, str) and not os.path.exists(weights) and "." in weights:
+        from torchgeo.models import get_weight
+
+        try:
+            return get_weight(weights)
+        except (KeyError, ValueError):
+            return None
+    return None
+
+
+def _normalisation(transforms: Any) -> tuple[list[float], list[float]] | None:
+    """Mean and std of the first ``Normalize`` in a weights' transforms (kornia or torch)."""
+    modules = transforms.modules() if isinstance(transforms, nn.Module) else []
+    for m in modules:
+        flags = getattr(m, "flags", {})
+        mean, std = flags.get("mean", getattr(m, "mean", None)), flags.get("std", None)
+        std = getattr(m, "std", None) if std is None else std
+        if type(m).__name__ == "Normalize" and mean is not None and std is not None:
+            as_list = lambda v: torch.as_tensor(v).flatten().tolist()  # noqa: E731
+            return as_list(mean), as_list(std)
+    return None
+
+
+def load_task_weights(model: nn.Module, weights: Any, model_name: str) -> None:
+    """Load TorchGeo-style ``weights`` into a task's model.
 
     Args:
-        model: registered xT model name.
-        weights: True for the region encoder's timm weights, or a state-dict path.
-        in_channels: input channels (2 for VV + VH).
-        task: ``binary``, ``multiclass`` or ``multilabel``.
-        num_classes: classes (multiclass).
-        num_labels: labels (multilabel).
-        labels: class names.
-        pos_weight: positive weight of the ``bce`` loss.
-        loss: ``ce``, ``bce``, ``jaccard``, ``focal`` or ``dice``.
-        class_weights: class weights of the ``ce`` loss.
-        ignore_index: class index ignored by loss and metrics.
-        lr: learning rate.
-        patience: patience of the learning-rate scheduler.
-        freeze_backbone: train only the classifier.
+        model: the task's model (an :class:`XTModel`, an smp model on an xT encoder, or a
+            detector around one).
+        weights: None / False (random), True (already loaded by timm), a ``WeightsEnum``
+            member or its name (``"ResNet50_Weights.SENTINEL1_ALL_MOCO"``: loaded into the
+            region encoder; its normalisation is recorded in the model's
+            ``pretrained_cfg``), or a Lightning checkpoint / state-dict path.
+        model_name: the task's model name (for error messages).
+
+    Raises:
+        ValueError: if the weights are for another backbone than the region encoder, or
+            ``weights`` is neither of the above.
+
+    .. versionadded:: 0.2
+    """
+    if not weights or weights is True:
+        return
+    enum = _weights_enum(weights)
+    if enum is not None:
+        _load_weights_enum(_xt_inside(model), enum, model_name)
+        return
+    if not isinstance(weights, str | os.PathLike) or not os.path.exists(weights):
+        raise ValueError(
+            f"weights={weights!r}: xT tasks take True (timm weights of the region encoder), "
+            "a TorchGeo WeightsEnum member or name, or the path of a saved checkpoint"
+        )
+    _, state_dict = tg_utils.extract_backbone(str(weights))
+    tg_utils.load_state_dict(model, state_dict)
+
+
+def _load_weights_enum(xt: XTModel, weights: WeightsEnum, model_name: str) -> None:
+    from ..nn import load_region_weights
+
+    meta = dict(weights.meta)
+    ours = xt.region_encoder.backbone_name
+    theirs = meta.get("model")
+    if theirs is not None and str(theirs).partition(".")[0] != ours.partition(".")[0]:
+        raise ValueError(
+            f"weights {weights!r} are for a {theirs!r} backbone but {model_name!r} has the "
+            f"region encoder {ours!r}; pick an xT model whose region encoder is {theirs!r}"
+        )
+    in_chans = meta.get("in_chans")
+    if in_chans is not None and in_chans != xt.in_chans:
+        warnings.warn(
+            f"weights {weights!r} have {in_chans} input channels, the model {xt.in_chans}: "
+            "the stem is adapted (timm's adapt_input_conv)",
+            stacklevel=3,
+        )
+    state = weights.get_state_dict(progress=False, weights_only=True)
+    from safetensors.torch import save_file
+
+    with tempfile.TemporaryDirectory() as tmp:  # the region loader reads files
+        path = os.path.join(tmp, "weights.safetensors")
+        save_file({k: v.contiguous() for k, v in state.items()}, path)
+        load_region_weights(xt.region_encoder.backbone, path)
+    stats = _normalisation(weights.transforms)
+    if stats is not None and isinstance(getattr(xt, "pretrained_cfg", None), dict):
+        xt.pretrained_cfg = {**xt.pretrained_cfg, "mean": stats[0], "std": stats[1]}
+
+
+class XTTaskOptions(HyperparametersMixin):
+    """The xT options of the TorchGeo tasks, declared once (a mixin placed before the task).
+
+    Args:
         region_size: xT region side in pixels.
         context: context encoder (``none``, ``txl``, ``hyper``, ``mamba``) replacing the one
             in the model name (None: keep it).
@@ -131,7 +224,69 @@ class XTClassification(Classification):
         checkpoint_regions: activation checkpointing of the region encoder.
         model_kwargs: more options for :func:`xt_plugins.create_model` (``context_kwargs``,
             ``context_dim``, ``checkpoint_context``, ``drop_rate``, backbone options such as
-            ``embed_dim``, ``depths``).
+            ``embed_dim``, ``depths``); see :data:`xt_plugins.nn.options.XT_OPTIONS`.
+        **kwargs: the task's own arguments (forwarded).
+
+    .. versionadded:: 0.2
+    """
+
+    def __init__(
+        self,
+        *,
+        region_size: int = _D["region_size"],
+        context: str | None = None,
+        context_pool: int | None = _D["context_pool"],
+        grad_ratio: float = _D["grad_ratio"],
+        region_chunk: int | None = _D["region_chunk"],
+        checkpoint_regions: bool = _D["checkpoint_regions"],
+        model_kwargs: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+
+    def create_xt_model(self, name: str, num_classes: int) -> XTModel:
+        """The task's xT model from its hyperparameters (``weights`` loaded)."""
+        hp = self.hparams
+        model = timm.create_model(
+            xt_model_name(name, hp["context"]),
+            num_classes=num_classes,
+            in_chans=hp["in_channels"],
+            pretrained=self.weights is True,
+            **xt_model_kwargs(hp),
+        )
+        load_task_weights(model, self.weights, name)
+        return model
+
+    def configure_optimizers(self) -> Any:
+        """TorchGeo's AdamW + ReduceLROnPlateau, with no weight decay where it must not apply.
+
+        Same optimizer, learning rate, weight decay (AdamW's default), scheduler and monitor
+        as ``torchgeo.tasks.BaseTask.configure_optimizers``; the parameters come in two
+        groups (:func:`xt_plugins.nn.xt.weight_decay_groups`).
+        """
+        weight_decay = AdamW([torch.zeros(1)]).defaults["weight_decay"]
+        optimizer = AdamW(weight_decay_groups(self, weight_decay), lr=self.hparams["lr"])
+        scheduler = ReduceLROnPlateau(optimizer, patience=self.hparams["patience"])
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "monitor": self.monitor},
+        }
+
+
+class XTClassification(XTTaskOptions, Classification):
+    """TorchGeo image classification with an xT model (``xt_<backbone>_<context>``).
+
+    Takes every argument of ``torchgeo.tasks.Classification`` (forwarded; only the defaults
+    below differ) and the xT options of :class:`XTTaskOptions`.
+
+    Args:
+        model: registered xT model name.
+        in_channels: input channels (2 for VV + VH).
+        task: ``binary``, ``multiclass`` or ``multilabel``.
+        loss: ``ce``, ``bce``, ``jaccard``, ``focal`` or ``dice``.
+        lr: learning rate.
+        **kwargs: the other arguments of ``Classification`` (``weights``, ``num_classes``,
+            ``freeze_backbone``, ...) and of :class:`XTTaskOptions`.
 
     .. versionadded:: 0.1
     """
@@ -139,55 +294,20 @@ class XTClassification(Classification):
     def __init__(
         self,
         model: str = "xt_swinv2_tiny_mamba",
-        weights: bool | str | None = None,
         in_channels: int = 2,
         task: Literal["binary", "multiclass", "multilabel"] = "binary",
-        num_classes: int | None = None,
-        num_labels: int | None = None,
-        labels: list[str] | None = None,
-        pos_weight: Tensor | None = None,
         loss: Literal["ce", "bce", "jaccard", "focal", "dice"] = "bce",
-        class_weights: Tensor | Sequence[float] | None = None,
-        ignore_index: int | None = None,
         lr: float = 1e-4,
-        patience: int = 10,
-        freeze_backbone: bool = False,
-        region_size: int = 256,
-        context: str | None = None,
-        context_pool: int | None = None,
-        grad_ratio: float = 1.0,
-        region_chunk: int | None = None,
-        checkpoint_regions: bool = False,
-        model_kwargs: dict[str, Any] | None = None,
+        **kwargs: Any,
     ) -> None:
         super().__init__(
-            model=model,
-            weights=weights,
-            in_channels=in_channels,
-            task=task,
-            num_classes=num_classes,
-            num_labels=num_labels,
-            labels=labels,
-            pos_weight=pos_weight,
-            loss=loss,
-            class_weights=class_weights,
-            ignore_index=ignore_index,
-            lr=lr,
-            patience=patience,
-            freeze_backbone=freeze_backbone,
+            model=model, in_channels=in_channels, task=task, loss=loss, lr=lr, **kwargs
         )
 
     def configure_models(self) -> None:
         """Build the xT classifier."""
         hp = self.hparams
-        self.model = timm.create_model(
-            xt_model_name(hp["model"], hp["context"]),
-            num_classes=hp["num_classes"] or hp["num_labels"] or 1,
-            in_chans=hp["in_channels"],
-            pretrained=self.weights is True,
-            **xt_model_kwargs(hp),
-        )
-        _load_weights(self.model, self.weights)
+        self.model = self.create_xt_model(hp["model"], hp["num_classes"] or hp["num_labels"] or 1)
         if hp["freeze_backbone"]:
             for param in self.model.parameters():
                 param.requires_grad = False
@@ -195,35 +315,21 @@ class XTClassification(Classification):
                 param.requires_grad = True
 
 
-class XTSemanticSegmentation(SemanticSegmentation):
+class XTSemanticSegmentation(XTTaskOptions, SemanticSegmentation):
     """TorchGeo semantic segmentation: an smp decoder on an xT encoder (``tu-xt_...``).
+
+    Takes every argument of ``torchgeo.tasks.SemanticSegmentation`` (forwarded; only the
+    defaults below differ) and the xT options of :class:`XTTaskOptions`.
 
     Args:
         model: smp architecture: ``unet``, ``fpn``, ``upernet`` or ``segformer``.
         backbone: registered xT model name (with or without ``tu-``).
-        weights: True for the region encoder's timm weights, or a state-dict path.
         in_channels: input channels.
-        task: ``binary``, ``multiclass`` or ``multilabel``.
         num_classes: classes (multiclass).
-        num_labels: labels (multilabel).
-        labels: class names.
-        pos_weight: positive weight of the ``bce`` loss.
-        loss: ``ce``, ``bce``, ``jaccard``, ``focal`` or ``dice``.
-        class_weights: class weights of the ``ce`` loss.
-        ignore_index: class index ignored by loss and metrics.
         lr: learning rate.
-        patience: patience of the learning-rate scheduler.
-        freeze_backbone: freeze the encoder.
-        freeze_decoder: freeze the decoder.
-        region_size: xT region side in pixels.
-        context: context encoder (``none``, ``txl``, ``hyper``, ``mamba``) replacing the one
-            in the model name (None: keep it).
-        context_pool: pool each region to ``k x k`` context tokens (None: all tokens).
-        grad_ratio: fraction of regions whose region-encoder pass keeps gradients.
-        region_chunk: encode at most this many regions at a time.
-        checkpoint_regions: activation checkpointing of the region encoder.
-        model_kwargs: more options for :func:`xt_plugins.create_model` (``context_kwargs``,
-            ``checkpoint_context``, ...).
+        **kwargs: the other arguments of ``SemanticSegmentation`` (``weights``, ``task``,
+            ``loss``, ``freeze_backbone``, ``freeze_decoder``, ...) and of
+            :class:`XTTaskOptions`.
 
     .. versionadded:: 0.1
     """
@@ -232,45 +338,18 @@ class XTSemanticSegmentation(SemanticSegmentation):
         self,
         model: Literal["unet", "fpn", "upernet", "segformer"] = "unet",
         backbone: str = "xt_swinv2_tiny_txl",
-        weights: bool | str | None = None,
         in_channels: int = 2,
-        task: Literal["binary", "multiclass", "multilabel"] = "multiclass",
         num_classes: int | None = 3,
-        num_labels: int | None = None,
-        labels: list[str] | None = None,
-        pos_weight: Tensor | None = None,
-        loss: Literal["ce", "bce", "jaccard", "focal", "dice"] = "ce",
-        class_weights: Tensor | Sequence[float] | None = None,
-        ignore_index: int | None = None,
         lr: float = 1e-4,
-        patience: int = 10,
-        freeze_backbone: bool = False,
-        freeze_decoder: bool = False,
-        region_size: int = 256,
-        context: str | None = None,
-        context_pool: int | None = None,
-        grad_ratio: float = 1.0,
-        region_chunk: int | None = None,
-        checkpoint_regions: bool = False,
-        model_kwargs: dict[str, Any] | None = None,
+        **kwargs: Any,
     ) -> None:
         super().__init__(
-            model=model,  # type: ignore[arg-type]
+            model=model,
             backbone=backbone,
-            weights=weights,
             in_channels=in_channels,
-            task=task,
             num_classes=num_classes,
-            num_labels=num_labels,
-            labels=labels,
-            pos_weight=pos_weight,
-            loss=loss,
-            class_weights=class_weights,
-            ignore_index=ignore_index,
             lr=lr,
-            patience=patience,
-            freeze_backbone=freeze_backbone,
-            freeze_decoder=freeze_decoder,
+            **kwargs,
         )
 
     def configure_models(self) -> None:
@@ -289,7 +368,8 @@ class XTSemanticSegmentation(SemanticSegmentation):
             classes=hp["num_classes"] or hp["num_labels"] or 1,
             **xt_model_kwargs(hp),
         )
-        _load_weights(self.model.encoder, self.weights)
+        enum = _weights_enum(self.weights)
+        load_task_weights(self.model if enum else self.model.encoder, self.weights, hp["backbone"])
         parts = ((self.model.encoder, "freeze_backbone"), (self.model.decoder, "freeze_decoder"))
         for part, flag in parts:
             if hp[flag]:
@@ -297,7 +377,7 @@ class XTSemanticSegmentation(SemanticSegmentation):
                     param.requires_grad = False
 
 
-class XTVesselDetection(BaseTask):
+class XTVesselDetection(XTTaskOptions, BaseTask):
     """xView3-style vessel detection with an xT encoder and CenterNet-style point heads.
 
     Heads (at ``out_stride``): centre ``heatmap`` (penalty-reduced focal loss on Gaussian
@@ -310,17 +390,9 @@ class XTVesselDetection(BaseTask):
 
     Args:
         model: registered xT model name (the encoder; its classifier is dropped).
-        weights: True for the region encoder's timm weights, or a state-dict path.
+        weights: True for the region encoder's timm weights, a TorchGeo ``WeightsEnum``
+            member or name, or a checkpoint path (see :func:`load_task_weights`).
         in_channels: input channels (VV, VH, ...).
-        region_size: xT region side in pixels.
-        context: context encoder (``none``, ``txl``, ``hyper``, ``mamba``) replacing the one
-            in the model name (None: keep it).
-        context_pool: pool each region to ``k x k`` context tokens (None: all tokens).
-        grad_ratio: fraction of regions whose region-encoder pass keeps gradients.
-        region_chunk: encode at most this many regions at a time.
-        checkpoint_regions: activation checkpointing of the region encoder.
-        model_kwargs: more options for :func:`xt_plugins.create_model` (``context_kwargs``,
-            ``checkpoint_context``, ...).
         decoder_channels: width of the dense decoder and heads.
         out_stride: output stride, 4 or 2.
         heatmap_weight: weight of the heatmap loss.
@@ -333,6 +405,9 @@ class XTVesselDetection(BaseTask):
         lr: learning rate.
         patience: patience of the learning-rate scheduler.
         freeze_backbone: train only the decoder and heads.
+        **kwargs: the xT options of :class:`XTTaskOptions` (``region_size``, ``context``,
+            ``context_pool``, ``grad_ratio``, ``region_chunk``, ``checkpoint_regions``,
+            ``model_kwargs``).
 
     .. versionadded:: 0.1
     """
@@ -342,15 +417,8 @@ class XTVesselDetection(BaseTask):
     def __init__(
         self,
         model: str = "xt_swinv2_tiny_mamba",
-        weights: bool | str | None = None,
+        weights: WeightsEnum | str | bool | None = None,
         in_channels: int = 2,
-        region_size: int = 256,
-        context: str | None = None,
-        context_pool: int | None = None,
-        grad_ratio: float = 1.0,
-        region_chunk: int | None = None,
-        checkpoint_regions: bool = False,
-        model_kwargs: dict[str, Any] | None = None,
         decoder_channels: int = 64,
         out_stride: int = 4,
         heatmap_weight: float = 1.0,
@@ -363,21 +431,15 @@ class XTVesselDetection(BaseTask):
         lr: float = 1e-4,
         patience: int = 10,
         freeze_backbone: bool = False,
+        **kwargs: Any,
     ) -> None:
         self.weights = weights
-        super().__init__()
+        super().__init__(**kwargs)
 
     def configure_models(self) -> None:
         """Build the xT encoder, the dense decoder and the point heads."""
         hp = self.hparams
-        encoder = timm.create_model(
-            xt_model_name(hp["model"], hp["context"]),
-            num_classes=0,
-            in_chans=hp["in_channels"],
-            pretrained=self.weights is True,
-            **xt_model_kwargs(hp),
-        )
-        _load_weights(encoder, self.weights)
+        encoder = self.create_xt_model(hp["model"], num_classes=0)
         self.model = PointDetector(
             encoder,
             decoder_channels=hp["decoder_channels"],
