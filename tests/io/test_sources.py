@@ -471,3 +471,141 @@ def test_open_image_fixture_dispatch():
     assert isinstance(open_image(fixture_file("rasterio", "float_nan.tif")), RasterSource)
     assert isinstance(open_image(fixture_file("openslide", "boxes.tiff")), SlideSource)
     assert isinstance(open_image(fixture_file("openslide", "small.svs")), SlideSource)
+
+
+# ---------------------------------------------------------------------------- bounded caches
+def run_python(code: str, env: dict[str, str] | None = None) -> dict:
+    """Run ``code`` in a fresh interpreter (GDAL / OpenSlide state is per process); its JSON."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    base = {k: v for k, v in os.environ.items() if k != "GDAL_CACHEMAX"}
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**base, "OMP_NUM_THREADS": "1", **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+MIB = 2**20
+
+CACHE_SETTINGS = """
+import json, psutil, rasterio
+from rasterio.env import get_gdal_config
+from xt_plugins.io import RasterSource
+small, big = {small!r}, {big!r}
+out = {{"before": get_gdal_config("GDAL_CACHEMAX")}}
+RasterSource(small, cache_mb=None).read(0, 0, 8, 8)
+out["none"] = get_gdal_config("GDAL_CACHEMAX")
+RasterSource(small).read(0, 0, 8, 8)
+out["default"] = get_gdal_config("GDAL_CACHEMAX")
+with rasterio.Env(GDAL_CACHEMAX=300 * 2**20):
+    RasterSource(small, cache_mb=8).read(0, 0, 8, 8)
+    out["in_env"] = get_gdal_config("GDAL_CACHEMAX")
+RasterSource(small, cache_mb=128)
+out["128"] = get_gdal_config("GDAL_CACHEMAX")
+src = RasterSource(big, cache_mb=8)
+out["8"] = get_gdal_config("GDAL_CACHEMAX")
+src.read(0, 0, 512, 512)
+start = psutil.Process().memory_info().rss
+for _ in range(2):  # every block read twice: a bounded cache keeps only the latest
+    for y in range(0, src.height, 512):
+        for x in range(0, src.width, 512):
+            src.read(y, x, 512, 512)
+out["grown_mb"] = (psutil.Process().memory_info().rss - start) / 2**20  # held now
+print(json.dumps(out))
+"""
+
+
+def write_big_raster(path: Path, size: int = 3072) -> Path:
+    """A (3, size, size) uint8 tiled, uncompressed GeoTIFF (27 MiB decoded at 3072)."""
+    row = (np.arange(size, dtype=np.uint16) % 251).astype(np.uint8)
+    with rasterio.open(
+        path, "w", driver="GTiff", height=size, width=size, count=3, dtype="uint8", crs=CRS,
+        transform=TRANSFORM, tiled=True, blockxsize=256, blockysize=256,
+    ) as ds:  # fmt: skip
+        for y in range(0, size, 512):
+            block = np.broadcast_to(row, (3, 512, size)) + np.uint8(y % 7)
+            ds.write(block, window=Window(0, y, size, 512))
+    return path
+
+
+def test_raster_bounds_gdal_block_cache_unless_the_user_set_it(tmp_path, geotiff):
+    big = write_big_raster(tmp_path / "b.tif")
+    code = CACHE_SETTINGS.format(small=str(geotiff[0]), big=str(big))
+    out = run_python(code)
+    assert out["before"] > 64 * MIB  # GDAL's default (5 % of RAM) on any machine we run on
+    assert out["none"] == out["before"]  # cache_mb=None leaves GDAL alone
+    assert out["default"] == 64 * MIB  # bounded without the user touching GDAL
+    assert out["in_env"] == 300 * MIB  # a rasterio.Env(GDAL_CACHEMAX=...) wins
+    assert out["128"] == 64 * MIB and out["8"] == 8 * MIB  # lowered, never raised
+    assert out["grown_mb"] < 16, out  # 8 MiB of blocks + read buffers, not the 27 MiB read
+    # the same pass with a size the user chose (GDAL_CACHEMAX=512 MB) keeps every block
+    user = run_python(code, env={"GDAL_CACHEMAX": "512"})
+    assert user["before"] == user["default"] == user["8"] == 512 * MIB
+    assert user["grown_mb"] > 24, user
+    with pytest.raises(ValueError, match="cache_mb must be >= 0"):
+        RasterSource(geotiff[0], cache_mb=-1)
+
+
+STREAM_SLIDE = """
+import json, psutil
+from xt_plugins.io import SlideSource
+def grown(cache_mb):  # two handles on the slide, every tile read through each
+    sources = [SlideSource({path!r}, cache_mb=cache_mb) for _ in range(2)]
+    start = psutil.Process().memory_info().rss
+    for s in sources:
+        for y in range(0, s.height, 512):
+            for x in range(0, s.width, 512):
+                s.read(y, x, 512, 512)
+    return (psutil.Process().memory_info().rss - start) / 2**20  # resident now: what is held
+print(json.dumps({{"bounded": grown(8), "default": grown(None)}}))
+"""
+
+
+def test_slide_tile_cache_is_bounded_and_shared(tmp_path):
+    size = 3072  # 36 MiB of decoded (32-bit ARGB) tiles
+    row = (np.arange(size, dtype=np.uint16) % 251).astype(np.uint8)
+    level = np.ascontiguousarray(np.broadcast_to(row[None, :, None], (size, size, 3)))
+    path = tmp_path / "flat_slide.tiff"
+    tifffile.imwrite(path, level, tile=(256, 256), photometric="rgb")
+    assert SlideSource(path).cache_mb == 64
+    out = run_python(STREAM_SLIDE.format(path=str(path)))
+    assert out["bounded"] < 20, out  # one shared 8 MiB cache for both handles
+    assert out["default"] > 48, out  # OpenSlide's default: a private 32 MiB per open slide
+    with pytest.raises(ValueError, match="cache_mb must be >= 0"):
+        SlideSource(path, cache_mb=-1)
+
+
+def test_slide_reads_equal_openslide_and_mask_transparent_pixels(pyramid):
+    import openslide
+    from PIL import Image
+
+    path, _ = pyramid
+    rng = np.random.default_rng(3)
+    with openslide.OpenSlide(str(path)) as slide:
+        for level in range(3):
+            src = SlideSource(path, level=level)
+            _, h, w = src.shape
+            for _ in range(5):
+                y, x = int(rng.integers(0, h - 8)), int(rng.integers(0, w - 8))
+                rh, rw = int(rng.integers(1, h - y + 1)), int(rng.integers(1, w - x + 1))
+                ds = 2**level
+                ref = slide.read_region((x * ds, y * ds), level, (rw, rh)).convert("RGB")
+                data, mask = src.read_with_mask(y, x, rh, rw)
+                np.testing.assert_array_equal(data, hwc_to_chw(np.asarray(ref)))
+                assert mask.shape == (rh, rw) and mask.all() and data.flags.writeable
+    rgba = np.random.default_rng(0).integers(0, 256, (5, 7, 4), dtype=np.uint8)
+    rgba[..., 3] = 255
+    rgba[1, 2, 3], rgba[4, 6, 3], rgba[0, 0, 3] = 0, 127, 128  # transparent, edge, valid
+    rgb, mask = SlideSource._split_rgba(Image.fromarray(rgba, "RGBA"))
+    expected = rgba[..., 3] >= 128
+    np.testing.assert_array_equal(mask, expected)
+    np.testing.assert_array_equal(rgb, hwc_to_chw(rgba[..., :3] * expected[..., None]))

@@ -1,5 +1,10 @@
 """GeoTIFF (any GDAL raster) source through rasterio windows.
 
+GDAL keeps every block it decodes in a process-wide block cache whose default size is 5 % of
+the machine's RAM (51 GB on a 1 TB server), so streaming a large raster once fills it with
+blocks that are never read again. Opening a :class:`RasterSource` bounds that cache (64 MiB
+by default, ``cache_mb``) unless the user chose a size themselves (see the class docs).
+
 .. versionadded:: 0.1
 """
 
@@ -19,7 +24,52 @@ import numpy as np
 from .base import ImageSource, existing_path, nodata_mask
 from .errors import ImageReadError
 
-__all__ = ["RasterSource"]
+__all__ = ["RasterSource", "DEFAULT_CACHE_MB", "bound_gdal_cache"]
+
+#: Default bound (MiB) on GDAL's process-wide block cache set when a raster source opens.
+DEFAULT_CACHE_MB = 64
+
+_CACHE_LOCK = threading.Lock()
+_CACHE_SET: int | None = None  # the cache max (bytes) this module last set, if any
+
+
+def _user_cache_setting() -> bool:
+    """True when the user chose GDAL's cache size: ``GDAL_CACHEMAX`` or a ``rasterio.Env``."""
+    if "GDAL_CACHEMAX" in os.environ:
+        return True
+    from rasterio.env import getenv, hasenv
+
+    return hasenv() and any(str(k).upper() == "GDAL_CACHEMAX" for k in getenv())
+
+
+def bound_gdal_cache(cache_mb: float | None = DEFAULT_CACHE_MB) -> int:
+    """Lower GDAL's process-wide block cache to ``cache_mb`` MiB (never raise it).
+
+    Nothing changes when ``cache_mb`` is None, when the user set the size (the
+    ``GDAL_CACHEMAX`` environment variable, or ``GDAL_CACHEMAX`` in an enclosing
+    ``rasterio.Env``), or when the size was changed by anyone since this function last set it.
+    :class:`RasterSource` calls it on every dataset open.
+
+    Args:
+        cache_mb: the bound in MiB.
+
+    Returns:
+        The effective cache size in bytes afterwards (``GDALGetCacheMax64``).
+    """
+    from rasterio.env import get_gdal_config, set_gdal_config
+
+    global _CACHE_SET
+    with _CACHE_LOCK:
+        current = int(get_gdal_config("GDAL_CACHEMAX"))
+        if cache_mb is None or _user_cache_setting():
+            return current
+        if _CACHE_SET is not None and current != _CACHE_SET:
+            return current  # someone chose another size after us: theirs wins
+        want = int(cache_mb * 2**20)
+        if current > want:
+            set_gdal_config("GDAL_CACHEMAX", want)
+            _CACHE_SET = current = want
+        return current
 
 
 def _cause(exc: BaseException) -> str:
@@ -73,10 +123,20 @@ class RasterSource(ImageSource):
     process opens its own dataset handle on first use (GDAL handles are not thread-safe and
     must not cross a fork).
 
+    Memory: GDAL caches decoded blocks in one block cache for the whole process, by default
+    5 % of RAM, which a single pass over a large raster fills. Every dataset open lowers that
+    cache to ``cache_mb`` (64 MiB by default; it is never raised, so the smallest bound asked
+    for wins), so streaming a 16k^2 GeoTIFF peaks at the same memory as a 4k^2 one. A size the
+    user chose is kept: the ``GDAL_CACHEMAX`` environment variable, or ``GDAL_CACHEMAX`` in a
+    ``rasterio.Env`` the source is opened in (``rasterio.Env(GDAL_CACHEMAX=512 * 2**20)``,
+    bytes). Pass ``cache_mb=None`` to leave GDAL's cache alone.
+
     Args:
         path: raster file.
         bands: 1-based band index or list of them (like rasterio); None for all bands.
         nodata: nodata value for every selected band, overriding the file's.
+        cache_mb: bound in MiB on GDAL's process-wide block cache, applied when a dataset
+            opens (see above); None leaves the cache as it is.
 
     Attributes:
         bands: selected 1-based band indexes.
@@ -85,13 +145,16 @@ class RasterSource(ImageSource):
         transform: ``affine.Affine`` pixel -> map transform.
         res: (x, y) pixel size in map units.
         bounds: ``rasterio.coords.BoundingBox`` in map units.
+        cache_mb: the block cache bound in MiB (None: not bounded by this source).
 
     Raises:
         FileNotFoundError: if ``path`` does not exist.
         ImageReadError: if rasterio cannot open the file.
-        ValueError: if a band index is out of range.
+        ValueError: if a band index is out of range, or ``cache_mb`` is negative.
 
     .. versionadded:: 0.1
+    .. versionchanged:: 0.2
+        ``cache_mb``: GDAL's block cache is bounded (64 MiB by default) when a dataset opens.
     """
 
     _transient = ("_local", "_handles", "_handles_lock", "_handles_pid")
@@ -101,7 +164,11 @@ class RasterSource(ImageSource):
         path: str | os.PathLike[str],
         bands: int | Sequence[int] | None = None,
         nodata: float | None = None,
+        cache_mb: float | None = DEFAULT_CACHE_MB,
     ) -> None:
+        if cache_mb is not None and not cache_mb >= 0:
+            raise ValueError(f"cache_mb must be >= 0 (MiB) or None, got {cache_mb}")
+        self.cache_mb = None if cache_mb is None else float(cache_mb)
         p = existing_path(path)
         self.path = str(p)
         self.name = p.name
@@ -147,6 +214,7 @@ class RasterSource(ImageSource):
         import rasterio
         from rasterio.errors import NotGeoreferencedWarning
 
+        bound_gdal_cache(self.cache_mb)
         try:
             with warnings.catch_warnings():  # plain TIFFs are fine: pixel coordinates
                 warnings.simplefilter("ignore", NotGeoreferencedWarning)
