@@ -77,9 +77,18 @@ def test_write_geotiff_convenience_and_errors(tmp_path):
 
 def test_geotiff_overviews(tmp_path):
     data = np.tile(np.arange(600, dtype=np.uint16), (1, 600, 1))
+    # COG (default): halving until the smallest overview fits one 256-px tile (GDAL's AUTO)
     path = write_geotiff(tmp_path / "big.tif", data, CRS, TRANSFORM, tile=256, overviews=True)
     with rasterio.open(path) as ds:
-        assert ds.overviews(1) == [2]
+        assert ds.overviews(1) == [2, 4]
+    plain = write_geotiff(tmp_path / "plain.tif", data, CRS, TRANSFORM, tile=256, cog=False)
+    with rasterio.open(plain) as ds:
+        assert ds.overviews(1) == []
+    plain = write_geotiff(
+        tmp_path / "plain_ov.tif", data, CRS, TRANSFORM, tile=256, overviews=True, cog=False
+    )
+    with rasterio.open(plain) as ds:
+        assert ds.overviews(1) == [2]  # the plain file keeps its old rule: side / f >= 256
 
 
 @pytest.mark.slow

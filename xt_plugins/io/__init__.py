@@ -7,15 +7,25 @@ from .base import ImageSource
 from .errors import ImageReadError, MissingMPPError, SlideOpenError
 from .sources import SLIDE_SUFFIXES, ArraySource, RasterSource, SlideSource, ZarrSource, open_image
 from .writers import (
+    QUANTIZED_NODATA,
+    QUANTIZED_SCALE,
+    QUPATH_OBJECT_TYPES,
     GeoTiffWriter,
     ZarrWriter,
     boxes_to_geojson,
+    ome_zarr_levels,
     points_to_geojson,
+    regions_to_qupath_geojson,
     save_heatmap_png,
     write_geotiff,
+    write_ome_zarr_map,
+    write_qupath_geojson,
 )
 
 __all__ = [
+    "QUANTIZED_NODATA",
+    "QUANTIZED_SCALE",
+    "QUPATH_OBJECT_TYPES",
     "SLIDE_SUFFIXES",
     "ArraySource",
     "GeoTiffWriter",
@@ -28,8 +38,12 @@ __all__ = [
     "ZarrSource",
     "ZarrWriter",
     "boxes_to_geojson",
+    "ome_zarr_levels",
     "open_image",
     "points_to_geojson",
+    "regions_to_qupath_geojson",
     "save_heatmap_png",
     "write_geotiff",
+    "write_ome_zarr_map",
+    "write_qupath_geojson",
 ]
