@@ -362,3 +362,82 @@ def test_input_must_be_a_grid_of_regions():
 
 def test_public_export():
     assert xt_plugins.load_official_xt is load_official_xt
+
+
+def test_mamba_blocks_scan_as_officially():
+    """Even layers scan right to left, odd left to right; the residual is the normalised input."""
+    torch.manual_seed(0)
+    model = OfficialXT("swinv2_tiny_window16_256", attention_method="mamba", n_layer=2, **TINY)
+    first, second = model.context.layers
+    assert first.reverse and not second.reverse
+    x = torch.randn(1, 9, 128)
+    bumped = x.clone()
+    bumped[:, 0] += torch.randn(128)  # (a constant shift would be normalised away)
+    with torch.no_grad():
+        # right to left: token 0 is seen by no later token; the last one reaches token 0
+        assert torch.allclose(first(x)[:, 1:], first(bumped)[:, 1:])
+        assert not torch.allclose(second(x)[:, 1:], second(bumped)[:, 1:])
+        last = x.clone()
+        last[:, -1] += torch.randn(128)
+        assert not torch.allclose(first(x)[:, 0], first(last)[:, 0])
+        second.mixer.out_proj.weight.zero_()
+        assert torch.allclose(second(x), torch.nn.functional.layer_norm(x, (128,)), atol=1e-6)
+
+
+def test_naive_cls_head_is_the_official_classification_decoder(tmp_path):
+    """``cls_head: naive`` (the nonxl baselines): GAP, Linear, GELU, LayerNorm, Linear."""
+    torch.manual_seed(0)
+    source = OfficialXT("swinv2_tiny_window16_256", cls_head="naive", num_classes=4, **TINY_SWIN)
+    backbone = {
+        f"module.encoder.model.{k[len('region_encoder.backbone.') :]}": v
+        for k, v in source.state_dict().items()
+        if k.startswith("region_encoder.")
+    }
+    c = source.region_encoder.channels[-1]
+    head = {  # ClassificationDecoder.layers = Sequential(Linear, GELU, LayerNorm, Linear)
+        "module.decoder.layers.0.weight": torch.randn(4 * c, c) * 0.05,
+        "module.decoder.layers.0.bias": torch.randn(4 * c) * 0.05,
+        "module.decoder.layers.2.weight": torch.rand(4 * c) + 0.5,
+        "module.decoder.layers.2.bias": torch.randn(4 * c) * 0.05,
+        "module.decoder.layers.3.weight": torch.randn(4, 4 * c) * 0.05,
+        "module.decoder.layers.3.bias": torch.randn(4) * 0.05,
+    }
+    path = tmp_path / "nonxl.ckpt"
+    torch.save({"epoch": 1, "state_dict": {**head, **backbone}}, path)
+    config = dict(
+        backbone_class="swinv2_tiny_window16_256_timm",
+        backbone_kwargs=TINY_SWIN,
+        region_size=256,
+        num_classes=4,
+        cls_head="naive",
+    )
+    model = load_official_xt(path, config)
+    x = torch.randn(2, 3, 256, 256)
+    with torch.no_grad():
+        pooled = source.eval().forward_regions(x).mean(dim=(-2, -1))  # same backbone weights
+        h = torch.nn.functional.linear(
+            pooled, *(head[f"module.decoder.layers.0.{p}"] for p in ("weight", "bias"))
+        )
+        h = torch.nn.functional.gelu(h)
+        h = torch.nn.functional.layer_norm(
+            h,
+            (4 * c,),
+            head["module.decoder.layers.2.weight"],
+            head["module.decoder.layers.2.bias"],
+        )
+        expected = torch.nn.functional.linear(
+            h, head["module.decoder.layers.3.weight"], head["module.decoder.layers.3.bias"]
+        )
+        assert torch.allclose(model(x), expected, atol=1e-5)
+
+
+def test_xt_task_options_reach_the_official_model():
+    """The xT tasks pass their options to every xT name: defaults pass, others are an error."""
+    name = "xt_swinv2_tiny_hyper.inat_reptilia_512"
+    opts = dict(region_size=256, context_pool=None, grad_ratio=1.0, region_chunk=2)
+    with torch.device("meta"):
+        model = timm.create_model(name, checkpoint_regions=False, **opts)
+    assert isinstance(model, OfficialXT) and model.region_chunk == 2
+    with pytest.raises(ValueError, match="grad_ratio=0.5 does not apply"):
+        with torch.device("meta"):
+            timm.create_model(name, grad_ratio=0.5)

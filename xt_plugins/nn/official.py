@@ -53,6 +53,7 @@ from timm.models import PretrainedCfg, build_model_with_cfg
 from torch import Tensor, nn
 
 from .context.mamba import Mamba
+from .options import XT_OPTIONS
 from .region import RegionEncoder
 
 __all__ = [
@@ -107,6 +108,8 @@ _DEFAULTS: dict[str, Any] = {
 }
 #: HyperAttention falls back to exact attention up to this many keys (``LLMAttention``).
 HYPER_MIN_SEQ_LEN = 4096
+#: xT options of this project's XTModel that the official architecture has no use for.
+_XT_ONLY_OPTIONS = tuple(k for k in XT_OPTIONS if k not in ("region_size", "region_chunk"))
 #: Buffers some timm versions saved with Swin-V2 weights; they are recomputed from the shapes.
 _DERIVED_BUFFERS = re.compile(r"\.(relative_position_index|relative_coords_table|attn_mask)$")
 
@@ -1000,8 +1003,14 @@ def create_official_xt(variant: str, pretrained: bool = False, **kwargs: Any) ->
         raise ValueError(
             f"{name}: the official xT checkpoints are classifiers; features_only is not supported"
         )
-    for key in ("pretrained_region", "global_pool", "drop_rate"):
-        kwargs.pop(key, None)
+    kwargs.pop("pretrained_region", None)
+    for key in _XT_ONLY_OPTIONS:  # XTModel options (e.g. from the xT TorchGeo tasks)
+        value = kwargs.pop(key, XT_OPTIONS[key].default)
+        if value != XT_OPTIONS[key].default:
+            raise ValueError(
+                f"{name}: {key}={value!r} does not apply to the official xT model "
+                f"(it takes region_size and region_chunk); leave it at {XT_OPTIONS[key].default!r}"
+            )
     model_kwargs = official_model_kwargs(OFFICIAL_RELEASES[name].config)
     model_kwargs.update(kwargs)
     return build_model_with_cfg(
