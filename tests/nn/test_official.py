@@ -239,19 +239,28 @@ def test_timm_tag_loads_a_local_official_checkpoint(tmp_path, head):
     assert tuned.state_dict()[stem].shape[1] == 2  # adapted by timm from the RGB stem
 
 
-def test_timm_tag_hub_payload_is_unwrapped():
-    """The Hugging Face route hands the filter the whole checkpoint; the same weights arrive."""
+def test_timm_tag_downloads_through_the_hub_route(tmp_path, monkeypatch):
+    """``pretrained=True``: timm's Hugging Face route (offline here, from a cache the test lays
+    out as ``huggingface_hub`` does) hands the filter the whole checkpoint; its weights arrive."""
+    huggingface_hub = pytest.importorskip("huggingface_hub")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # never the network
     name = "xt_swinv2_tiny_hyper.inat_reptilia_512"
-    torch.manual_seed(1)
-    source = OfficialXT("swinv2_tiny_window16_256", **TINY)
-    ckpt = _official_checkpoint(source, "swinv2_tiny_window16_256", "hyper", 2, **TINY_SWIN)
-    model = timm.create_model(
-        name, pretrained=True, pretrained_cfg_overlay=dict(state_dict=ckpt), **TINY
-    )
-    assert torch.equal(model.state_dict()["head.fc.bias"], source.state_dict()["head.fc.bias"])
     cfg = timm.models.get_pretrained_cfg(name)
     assert cfg.hf_hub_id == "bair-climate-initiative/xt"
     assert cfg.hf_hub_filename == "swin-t/weights/swin-t-hyper-512-256-top1.ckpt"
+    torch.manual_seed(1)
+    source = OfficialXT("swinv2_tiny_window16_256", **TINY)
+    repo, revision = tmp_path / "models--bair-climate-initiative--xt", "0" * 40
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(revision)
+    path = repo / "snapshots" / revision / cfg.hf_hub_filename
+    path.parent.mkdir(parents=True)
+    torch.save(
+        _official_checkpoint(source, "swinv2_tiny_window16_256", "hyper", 2, **TINY_SWIN), path
+    )
+    model = timm.create_model(name, pretrained=True, cache_dir=str(tmp_path), **TINY)
+    got, ref = model.state_dict(), source.state_dict()
+    assert all(torch.equal(got[k], ref[k]) for k in ref)
 
 
 #: The official README's parameter counts (millions) of the released models.
