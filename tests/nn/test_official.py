@@ -107,6 +107,7 @@ model:
     path.write_text(yaml_text)
     cfg = parse_official_config(path)
     assert cfg["num_classes"] == 284 and cfg["region_size"] == 256 and cfg["cls_head"] == "xl"
+    assert cfg["image_size"] == 512  # data.crop_size
     # ContextEncoderConfig defaults fill what the YAML leaves out
     assert cfg["context"] == dict(
         n_layer=2, hidden_size=768, attention_method="hyper", in_context_patches=-1

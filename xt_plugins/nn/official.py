@@ -572,6 +572,9 @@ def _from_yaml(path: Path) -> dict[str, Any]:
     }
     if "input_size" in backbone:
         out["region_size"] = backbone["input_size"]
+    data = doc.get("data") or {}
+    if isinstance(data, Mapping) and isinstance(data.get("crop_size"), int):
+        out["image_size"] = data["crop_size"]  # the training / evaluation image side
     out["context"] = dict(model.get("context") or {})
     return out
 
@@ -585,7 +588,8 @@ def parse_official_config(config: Mapping[str, Any] | str | Path) -> dict[str, A
             ``context: {n_layer, hidden_size, attention_method, in_context_patches}``), a dict
             holding one under ``official_config``, or the path of an official YAML config
             (``config/swin-t/swin_v2_tiny_1e-4_hyper_512_256.yaml``; ``${data.num_classes}``
-            references are resolved, base configs are replaced by the official defaults).
+            references are resolved, base configs are replaced by the official defaults, and
+            ``data.crop_size`` is kept as ``image_size``).
 
     Returns:
         The config with every key set.
@@ -759,11 +763,12 @@ def _check_fit(
         )
 
 
-def _default_cfg(kwargs: Mapping[str, Any]) -> dict[str, Any]:
+def _default_cfg(kwargs: Mapping[str, Any], image_size: int | None = None) -> dict[str, Any]:
     r = kwargs.get("region_size", 256)
+    side = image_size or 2 * r
     return dict(
         num_classes=kwargs.get("num_classes", 284),
-        input_size=(3, 2 * r, 2 * r),
+        input_size=(3, side, side),
         min_input_size=(3, r, r),
         pool_size=None,
         crop_pct=1.0,
@@ -804,11 +809,13 @@ def load_official_xt(
         >>> model = load_official_xt("swin-t-hyper-512-256-top1.ckpt",
         ...                          "config/swin-t/swin_v2_tiny_1e-4_hyper_512_256.yaml")
     """
+    config = parse_official_config(config)
     kwargs = official_model_kwargs(config)
     kwargs.update(overrides)
     state = map_official_state_dict(read_official_checkpoint(checkpoint), kwargs["cls_head"])
+    cfg = _default_cfg(kwargs, config.get("image_size"))
     model = build_model_with_cfg(
-        OfficialXT, "xt_official", pretrained=False, pretrained_cfg=_default_cfg(kwargs), **kwargs
+        OfficialXT, "xt_official", pretrained=False, pretrained_cfg=cfg, **kwargs
     )
     _check_fit(model, state, str(checkpoint))
     model.load_state_dict(state, strict=True)
@@ -896,11 +903,10 @@ OFFICIAL_RELEASES: dict[str, OfficialRelease] = _releases()
 
 
 def _release_cfg(release: OfficialRelease) -> dict[str, Any]:
-    cfg = _default_cfg({"region_size": release.region_size})
+    cfg = _default_cfg({"region_size": release.region_size}, release.input_size)
     cfg.update(
         hf_hub_id=HF_HUB_ID,
         hf_hub_filename=release.filename,
-        input_size=(3, release.input_size, release.input_size),
         description=(
             f"Official xT ({release.attention_method} context head) on iNaturalist 2018 Reptilia, "
             f"{release.input_size} px images of {release.region_size} px regions"
