@@ -15,8 +15,10 @@ the overviews from the source block by block through its block cache, which is c
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 import numpy as np
@@ -67,7 +69,8 @@ class GeoTiffWriter(_BlockWriter):
     fits in one tile (GDAL's ``OVERVIEWS=AUTO``; none for a raster of one tile), resampled with
     ``resampling`` and ignoring nodata pixels, and BigTIFF when the file could pass 4 GB. The
     file appears at ``path`` only on :meth:`close` (or at the end of the ``with`` block); until
-    then the blocks go to ``.<name>.partial.tif`` beside it, which is removed afterwards.
+    then the blocks go to ``.<name>.partial.tif`` beside it, which is removed afterwards. When
+    the ``with`` block raises, :meth:`abort` removes it and no file appears at ``path``.
     With ``cog=False`` the blocks are written straight into a tiled GeoTIFF at ``path``.
 
     Either way it reads back with rasterio (CRS, transform, nodata and band descriptions intact),
@@ -214,7 +217,34 @@ class GeoTiffWriter(_BlockWriter):
         clipped = self._clip_block(y, x, block)
         if clipped is not None:
             y0, x0, data = clipped
-            self._ds.write(data, window=Window(x0, y0, data.shape[2], data.shape[1]))
+            # Windows that cut tiles leave dirty tiles in GDAL's cache (by default 5% of the
+            # RAM): capping it per write flushes them down to cache_mb (measured: +317 MB RSS
+            # for a 256 MB raster written in 1000-px windows without the cap).
+            with _gdal_cache_capped(self.cache_mb):
+                self._ds.write(data, window=Window(x0, y0, data.shape[2], data.shape[1]))
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is None:
+            self.close()
+        else:  # a failed run leaves no COG that looks finished
+            self.abort()
+
+    def abort(self) -> None:
+        """Stop without finishing the file.
+
+        A COG's partial file is removed and nothing is left at ``path``; a plain
+        (``cog=False``) file is closed as written so far.
+        """
+        ds, self._ds = self._ds, None
+        if ds is not None and not ds.closed:
+            ds.close()
+        if self.cog:
+            self._target.unlink(missing_ok=True)
 
     def close(self) -> None:
         """Finish the file: build the COG (or the plain file's overviews, if asked) and close."""
@@ -259,29 +289,26 @@ class GeoTiffWriter(_BlockWriter):
         }
         if self.codec in _PREDICTOR_CODECS:
             options["PREDICTOR"] = "YES"  # 2 for integers, 3 for floats
-        previous = _cache_max()
-        try:
-            with (
-                warnings.catch_warnings(),
-                rasterio.Env(GDAL_CACHEMAX=self.cache_mb * 2**20),
-            ):
-                warnings.simplefilter("ignore", NotGeoreferencedWarning)
-                rasterio.shutil.copy(self._target, self.path, driver="COG", **options)
-        finally:
-            _set_cache_max(previous)
+        with warnings.catch_warnings(), _gdal_cache_capped(self.cache_mb), rasterio.Env():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            rasterio.shutil.copy(self._target, self.path, driver="COG", **options)
 
 
-def _cache_max() -> int:
-    from rasterio.env import get_gdal_config
+@contextmanager
+def _gdal_cache_capped(cache_mb: int) -> Iterator[None]:
+    """Cap GDAL's process-wide block cache at ``cache_mb`` MiB (never raise it), then restore.
 
-    return int(get_gdal_config("GDAL_CACHEMAX"))
+    Lowering the cap makes GDAL write dirty blocks out until it is met; ``rasterio.Env``
+    would set the cap too but not put the old size back.
+    """
+    from rasterio.env import get_gdal_config, set_gdal_config
 
-
-def _set_cache_max(value: int) -> None:
-    """Put GDAL's (process-wide) block cache size back: ``rasterio.Env`` does not restore it."""
-    from rasterio.env import set_gdal_config
-
-    set_gdal_config("GDAL_CACHEMAX", int(value))
+    previous = int(get_gdal_config("GDAL_CACHEMAX"))
+    set_gdal_config("GDAL_CACHEMAX", min(previous, int(cache_mb) * 2**20))
+    try:
+        yield
+    finally:
+        set_gdal_config("GDAL_CACHEMAX", previous)
 
 
 def _quantized(data: np.ndarray) -> np.ndarray:
