@@ -356,7 +356,8 @@ class OfficialContext(nn.Module):
         cls = self.cls_token.expand(x.shape[0], -1, -1)
         outs = []
         for start in range(0, x.shape[1] - 1, icp // 2):  # the official window loop
-            window = torch.cat([x[:, start : start + icp], cls], dim=1)
+            # a window reaching the end also holds the first cls token, as officially
+            window = torch.cat([x[:, start : start + icp], cls], dim=1)  # (B, <= icp + 1, D)
             outs.append(self.layers(window)[:, -1])
         return torch.stack(outs, dim=1).mean(dim=1)
 
