@@ -121,8 +121,12 @@ def test_scene_detections_in_map_coordinates_with_crs(tmp_path):
         {"class_name": "non-vessel", "score": 0.6, "vessel_length_m": float("nan")},
     ]
     path = tmp_path / "vessels.geojson"
-    fc = points_to_geojson(xs, ys, props, path, crs=CRS, object_type="detection")
+    convention = {"points": "pixel centres: map coordinates of (col + 0.5, row + 0.5)"}
+    fc = points_to_geojson(
+        xs, ys, props, path, crs=CRS, object_type="detection", metadata=convention
+    )
     conforms(fc)
+    assert json.loads(path.read_text())["metadata"] == convention
     assert fc["crs"]["properties"]["name"] == "urn:ogc:def:crs:EPSG::32631"
     p0, p1 = (f["properties"] for f in fc["features"])
     assert p0["objectType"] == "detection" and p0["classification"]["name"] == "vessel"

@@ -387,19 +387,20 @@ def _feature_collection(
     path: PathLike | None,
     crs: Any,
     object_type: str | None,
+    metadata: Mapping[str, Any] | None,
 ) -> dict[str, Any]:
     n = len(geometries)
     props = [{}] * n if properties is None else list(properties)
     if len(props) != n:
         raise ValueError(f"got {len(props)} property dicts for {n} geometries")
     if object_type is not None:
-        return _qupath_collection(geometries, props, path, crs, object_type)
+        return _qupath_collection(geometries, props, path, crs, object_type, metadata)
     pixel_space = crs is None
     features = [
         {"type": "Feature", "geometry": g, "properties": _properties(p, pixel_space)}
         for g, p in zip(geometries, props, strict=True)
     ]
-    collection = _collection(features, crs, None)
+    collection = _collection(features, crs, metadata)
     if path is not None:
         _write_collection(collection, path)
     return collection
@@ -411,6 +412,7 @@ def _qupath_collection(
     path: PathLike | None,
     crs: Any,
     object_type: str,
+    metadata: Mapping[str, Any] | None,
 ) -> dict[str, Any]:
     """Boxes / points with flat properties as QuPath objects.
 
@@ -430,7 +432,9 @@ def _qupath_collection(
             }
         )
         extras.append(extra)
-    return write_qupath_geojson(path, geometries, object_type, classes, measures, extras, crs)
+    return write_qupath_geojson(
+        path, geometries, object_type, classes, measures, extras, crs, metadata=metadata
+    )
 
 
 def boxes_to_geojson(
@@ -440,6 +444,7 @@ def boxes_to_geojson(
     crs_name: Any = None,
     *,
     object_type: str | None = None,
+    metadata: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Boxes as a GeoJSON FeatureCollection of rectangles.
 
@@ -459,20 +464,22 @@ def boxes_to_geojson(
             None for pixel coordinates.
         object_type: QuPath object type (``"tile"``, ``"detection"``, ``"annotation"``); None
             for the behaviour above.
+        metadata: written as the collection's ``metadata`` member (e.g. the coordinate
+            convention); GeoJSON readers ignore it.
 
     Returns:
         The FeatureCollection dict.
 
     .. versionadded:: 0.1
     .. versionchanged:: 0.2
-       ``object_type``; ``.gz`` paths.
+       ``object_type``, ``metadata``; ``.gz`` paths.
     """
     geometries = []
     for box in boxes:
         if len(box) != 4:
             raise ValueError(f"a box is (x0, y0, x1, y1), got {tuple(box)}")
         geometries.append(_geometry(box))
-    return _feature_collection(geometries, properties, path, crs_name, object_type)
+    return _feature_collection(geometries, properties, path, crs_name, object_type, metadata)
 
 
 def points_to_geojson(
@@ -483,6 +490,7 @@ def points_to_geojson(
     crs: Any = None,
     *,
     object_type: str | None = None,
+    metadata: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Points as a GeoJSON FeatureCollection (QuPath annotations in pixel space).
 
@@ -495,13 +503,15 @@ def points_to_geojson(
         object_type: QuPath object type (e.g. ``"detection"``), as for
             :func:`boxes_to_geojson`; None for plain properties in map space and annotations
             in pixel space.
+        metadata: written as the collection's ``metadata`` member (e.g. ``{"points": "pixel
+            centres"}``); GeoJSON readers ignore it.
 
     Returns:
         The FeatureCollection dict.
 
     .. versionadded:: 0.1
     .. versionchanged:: 0.2
-       ``object_type``; ``.gz`` paths.
+       ``object_type``, ``metadata``; ``.gz`` paths.
     """
     xs_, ys_ = np.asarray(list(xs), dtype=float), np.asarray(list(ys), dtype=float)
     if xs_.shape != ys_.shape or xs_.ndim != 1:
@@ -510,4 +520,4 @@ def points_to_geojson(
         {"type": "Point", "coordinates": [float(x), float(y)]}
         for x, y in zip(xs_, ys_, strict=True)
     ]
-    return _feature_collection(geometries, properties, path, crs, object_type)
+    return _feature_collection(geometries, properties, path, crs, object_type, metadata)

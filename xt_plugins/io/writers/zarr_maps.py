@@ -233,7 +233,7 @@ def write_ome_zarr_map(
     one pixel (:func:`ome_zarr_levels`); level ``l`` has ``coordinateTransformations`` scale
     ``[1, 2**l * region_size * mpp_um]`` (y, x) in micrometres on axes ``c`` (channel), ``y``,
     ``x`` (space, micrometer), and a translation that puts each map pixel's centre at the centre
-    of the slide area it covers (the slide's own pixel (0, 0) centred at 0 um). Open it with
+    of the slide area it covers (the read image's pixel (0, 0) centred at 0 um). Open it with
     ``ome_zarr.reader.Reader(ome_zarr.io.parse_url(store / name))`` or napari.
 
     Args:
@@ -242,8 +242,10 @@ def write_ome_zarr_map(
             ``overwrite``.
         array: (C, rows, cols) or (rows, cols) map, NaN where there is no prediction; stored
             as float32 (float64 kept).
-        mpp_um: microns per level-0 slide pixel, one number or (y, x).
-        region_size: level-0 slide pixels per map pixel (the region side), one number or (y, x).
+        mpp_um: microns per pixel of the image the regions were cut from (the slide level
+            that was read, e.g. ``SlideSource.mpp``), one number or (y, x).
+        region_size: pixels of that image per map pixel (the region side), one number or
+            (y, x).
         channel_names: one name per channel, written as ``omero`` channel labels.
         chunk: spatial chunk side of every level.
         version: NGFF version, ``"0.5"`` (zarr v3) or ``"0.4"`` (zarr v2); None to follow the
