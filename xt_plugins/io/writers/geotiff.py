@@ -101,7 +101,8 @@ class GeoTiffWriter(_BlockWriter):
         quantize: store [0, 1] probabilities as uint8 with scale/offset (see above).
         resampling: overview resampling ("average" for probabilities; "nearest" or "mode"
             for class labels).
-        cache_mb: GDAL block cache (MiB) while the COG is built, which bounds its memory.
+        cache_mb: cap on GDAL's block cache (MiB) during each write and while the COG is
+            built, which bounds the memory of both (the previous size is restored after).
 
     .. versionadded:: 0.1
     .. versionchanged:: 0.2
@@ -155,9 +156,10 @@ class GeoTiffWriter(_BlockWriter):
                 )
             nodata = QUANTIZED_NODATA
         self.nodata = None if nodata is None else float(nodata)
-        self._fill_nan = not self.quantize
         file_dtype = np.dtype(np.uint8) if self.quantize else self.dtype
         c, height, width = self.shape
+        if descriptions is not None and len(descriptions) != c:
+            raise ValueError(f"{self.path}: {len(descriptions)} descriptions for {c} bands")
         if transform is not None and not isinstance(transform, Affine):
             transform = Affine(*list(transform)[:6])
         self._target = self.path
@@ -184,13 +186,8 @@ class GeoTiffWriter(_BlockWriter):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
             self._ds = rasterio.open(self._target, "w", **profile)
-        if descriptions is not None:
-            if len(descriptions) != c:
-                self._ds.close()
-                self._target.unlink(missing_ok=True)
-                raise ValueError(f"{self.path}: {len(descriptions)} descriptions for {c} bands")
-            for i, text in enumerate(descriptions, start=1):
-                self._ds.set_band_description(i, str(text))
+        for i, text in enumerate(descriptions or (), start=1):
+            self._ds.set_band_description(i, str(text))
         if self.quantize:
             self._ds.scales = (QUANTIZED_SCALE,) * c
             self._ds.offsets = (0.0,) * c
