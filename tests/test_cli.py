@@ -6,6 +6,7 @@ from xt_plugins.cli import build_parser, main
 
 COMMANDS = [
     "demo", "models", "bench", "make-slides", "make-sar-scenes", "predict-slide", "predict-scene",
+    "torchgeo",
 ]  # fmt: skip
 
 

@@ -95,3 +95,85 @@ def test_torchgeo_stock_classification_trains():
     opt.step()
     assert torch.isfinite(loss)
     assert not torch.equal(first, next(task.model.region_encoder.parameters()))
+
+
+# ---------------------------------------------------------------------------- timm's conventions
+def _tiny(name: str, **kwargs):
+    backbone = name[3:].rpartition("_")[0]
+    torch.manual_seed(0)
+    kw = dict(region_size=128, context_kwargs=TINY_CONTEXT, **TINY_BACKBONES[backbone])
+    return timm.create_model(name, **{**kw, **kwargs})
+
+
+@pytest.mark.parametrize("backbone", sorted(TINY_BACKBONES))
+def test_default_cfg_holds_timms_assertions(backbone):
+    # what timm's test_model_default_cfgs asserts, at the cfg's own input size
+    model = _tiny(f"xt_{backbone}_mamba", num_classes=5).eval()
+    cfg = model.pretrained_cfg
+    x = torch.randn(1, *cfg["input_size"])
+    state = model.state_dict()
+    assert cfg["classifier"] + ".weight" in state and cfg["first_conv"] + ".weight" in state
+    with torch.no_grad():
+        assert model.forward_features(x).shape[-2:] == cfg["pool_size"]
+        model.reset_classifier(0)
+        assert model(x).shape == (1, model.num_features)
+        model.reset_classifier(0, "")
+        assert model(x).shape[-2:] == cfg["pool_size"] and model(x).ndim == 4
+
+
+def test_first_conv_and_pool_size_of_every_name():
+    with torch.device("meta"):
+        for name in xt_plugins.model_names():
+            model = timm.create_model(name)
+            cfg = timm.models.get_pretrained_cfg(name)
+            assert cfg.pool_size == (32, 32) and cfg.input_size == (3, 1024, 1024)
+            assert cfg.first_conv == model.first_conv_name(), name  # static table is right
+            assert cfg.first_conv + ".weight" in model.state_dict(), name
+
+
+@pytest.mark.parametrize("backbone", sorted(TINY_BACKBONES))
+def test_forward_intermediates_holds_timms_assertions(backbone):
+    import math
+
+    model = _tiny(f"xt_{backbone}_hyper").eval()
+    x = torch.randn(2, 3, 200, 150)
+    info = timm.models.FeatureInfo(model.feature_info, len(model.feature_info))
+    with torch.no_grad():
+        for fmt, (c_ax, h_ax, w_ax) in (("NCHW", (1, 2, 3)), ("NHWC", (3, 1, 2))):
+            final, feats = model.forward_intermediates(x, output_fmt=fmt)
+            only = model.forward_intermediates(x, output_fmt=fmt, intermediates_only=True)
+            assert len(feats) == len(info.channels()) == len(only)
+            for ch, red, f, o in zip(info.channels(), info.reduction(), feats, only, strict=True):
+                assert f.shape[c_ax] == ch and f.shape[0] == 2
+                assert f.shape[h_ax] <= math.ceil(200 / red) and f.shape[w_ax] <= math.ceil(
+                    150 / red
+                )
+                assert torch.isfinite(f).all() and torch.equal(f, o)
+            assert final.shape[1] == info.channels()[-1]
+        getter = _tiny(f"xt_{backbone}_hyper", features_only=True).eval()
+        ref = model.forward_intermediates(x, intermediates_only=True)
+        for a, b in zip(getter(x), ref, strict=True):
+            torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("feature_cls", ["hook", "list", "dict"])
+def test_features_only_hook_list_dict(feature_cls):
+    net = _tiny("xt_convnext_tiny_txl", features_only=True, feature_cls=feature_cls).eval()
+    x = torch.randn(1, 3, 200, 150)
+    with torch.no_grad():
+        feats = net(x)
+        body = net.body  # the hooked XTModel itself
+        ref = body.forward_intermediates(x, intermediates_only=True)
+    if feature_cls == "dict":
+        assert list(feats) == [f"feature_taps.{i}" for i in range(4)]
+        feats = list(feats.values())
+    assert net.feature_info.reduction() == [4, 8, 16, 32]
+    assert [f.shape[1] for f in feats] == net.feature_info.channels()
+    for a, b in zip(feats, ref, strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def test_user_feature_cfg_updates_the_factorys_own():
+    net = _tiny("xt_convnext_tiny_none", features_only=True, feature_cfg=dict(out_indices=(1, 3)))
+    assert net.feature_info.reduction() == [8, 32]
+    assert [f.shape[1] for f in net(torch.randn(1, 3, 128, 128))] == net.feature_info.channels()

@@ -218,3 +218,77 @@ def test_region_weights_errors_name_file_and_keys(tmp_path):
         xt_plugins.create_model(
             "convnext_tiny", "none", region_size=64, pretrained_region=tmp_path / "pickle.pt", **kw
         )
+
+
+# ---------------------------------------------------------------------------- optimizers
+def _group_of(groups, model):
+    by_param = {id(p): g["weight_decay"] for g in groups for p in g["params"]}
+    return {name: by_param[id(p)] for name, p in model.named_parameters()}
+
+
+def test_param_groups_weight_decay_exempts_mamba_norms_and_positions():
+    from timm.optim import create_optimizer_v2, param_groups_weight_decay
+
+    model = tiny_model("swinv2_tiny", "mamba", num_classes=3)
+    groups = param_groups_weight_decay(model, 0.05, no_weight_decay_list=model.no_weight_decay())
+    wd = _group_of(groups, model)
+    a_log = [n for n in wd if n.endswith("mixer.A_log")]
+    assert a_log and all(wd[n] == 0.0 for n in a_log)  # 2-D: only the list exempts it
+    assert all(wd[n] == 0.0 for n in wd if n.endswith("mixer.D"))
+    assert wd["context.pos_proj.weight"] == 0.0  # positional projection (2-D)
+    assert all(wd[n] == 0.0 for n in wd if "cpb_mlp" in n or n.endswith("logit_scale"))
+    assert wd["head.fc.weight"] == 0.05 and wd["context.blocks.0.mixer.in_proj.weight"] == 0.05
+    assert wd[model.first_conv_name() + ".weight"] == 0.05
+    # timm's optimizer factory reads no_weight_decay() itself
+    opt = create_optimizer_v2(model, "adamw", lr=1e-3, weight_decay=0.05)
+    assert _group_of(opt.param_groups, model) == wd
+
+
+def test_group_matcher_gives_layer_wise_lr_decay():
+    from timm.optim import create_optimizer_v2
+
+    model = tiny_model("convnext_tiny", "mamba", num_classes=3)
+    opt = create_optimizer_v2(model, "adamw", lr=1e-3, layer_decay=0.5)
+    scale = {}
+    for g in opt.param_groups:
+        for p in g["params"]:
+            scale[id(p)] = g["lr_scale"]
+    by_name = {n: scale[id(p)] for n, p in model.named_parameters()}
+    stem = by_name[model.first_conv_name() + ".weight"]
+    stage3 = by_name["region_encoder.backbone.stages_3.blocks.0.conv_dw.weight"]
+    context = by_name["context.pos_proj.weight"]
+    head = by_name["head.fc.weight"]
+    assert stem < stage3 < context < head == 1.0
+
+
+# ---------------------------------------------------------------------------- timm conventions
+@pytest.mark.parametrize("backbone", sorted(TINY_BACKBONES))
+def test_unpooled_forward_with_reset_classifier_and_global_pool(backbone):
+    model = tiny_model(backbone, "txl", num_classes=4).eval()
+    x = torch.randn(1, 3, 130, 70)
+    with torch.no_grad():
+        feat = model.forward_features(x)
+        model.reset_classifier(0, "")
+        unpooled = model(x)
+        assert unpooled.shape == (1, model.num_features, 5, 3)
+        model.reset_classifier(0, "avg")
+        assert model(x).shape == (1, model.num_features)
+    # global_pool='' at construction: per-position classifier (B, K, h, w)
+    per_pos = tiny_model(backbone, "txl", num_classes=4, global_pool="").eval()
+    with torch.no_grad():
+        out = per_pos(x)
+    assert out.shape == (1, 4, 5, 3) and feat.shape[-2:] == out.shape[-2:]
+    with pytest.raises(ValueError, match="global_pool"):
+        model.reset_classifier(0, "max")
+
+
+def test_torchgeo_load_state_dict_reaches_an_xt_model():
+    from torchgeo.tasks.utils import load_state_dict
+
+    src = tiny_model("convnext_tiny", "mamba", num_classes=2)
+    dst = tiny_model("convnext_tiny", "mamba", num_classes=2)
+    torch.nn.init.zeros_(dst.head.fc.weight)
+    missing, unexpected = load_state_dict(dst, src.state_dict())  # crashed: no out_features
+    assert not missing and not unexpected
+    for (name, a), b in zip(src.state_dict().items(), dst.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name

@@ -193,3 +193,93 @@ def test_stride_mismatch_is_explained(detection_batch):
     task = XTVesselDetection(**TINY_DETECTOR, out_stride=2)
     with pytest.raises(ValueError, match="target_stride"):
         task.compute_losses(task(detection_batch["image"][:1]), detection_batch)
+
+
+# ---------------------------------------------------------------------------- optimizers
+def test_xt_tasks_exempt_mamba_and_norms_from_weight_decay_keeping_torchgeos_schedule():
+    from torch.optim.lr_scheduler import ReduceLROnPlateau
+    from torchgeo.tasks import BaseTask
+
+    task = XTClassification(
+        model="xt_swinv2_tiny_mamba", region_size=64, model_kwargs=TINY_SWIN, patience=3
+    )
+    ours = task.configure_optimizers()
+    stock = BaseTask.configure_optimizers(task)  # TorchGeo's own: one group
+    opt = ours["optimizer"]
+    assert type(opt) is type(stock["optimizer"]) and len(stock["optimizer"].param_groups) == 1
+    assert opt.defaults["lr"] == stock["optimizer"].defaults["lr"] == task.hparams["lr"]
+    decay = {id(p): g["weight_decay"] for g in opt.param_groups for p in g["params"]}
+    names = dict(task.named_parameters())
+    a_log = [n for n in names if n.endswith("A_log")]
+    assert a_log and all(decay[id(names[n])] == 0.0 for n in a_log)
+    assert decay[id(names["model.head.fc.weight"])] == stock["optimizer"].defaults["weight_decay"]
+    assert sum(len(g["params"]) for g in opt.param_groups) == len(names)
+    sched = ours["lr_scheduler"]
+    assert isinstance(sched["scheduler"], ReduceLROnPlateau) and sched["scheduler"].patience == 3
+    assert sched["monitor"] == stock["lr_scheduler"]["monitor"]
+    det = XTVesselDetection(**TINY_DETECTOR).configure_optimizers()["optimizer"]
+    assert {g["weight_decay"] for g in det.param_groups} == {0.0, 0.01}
+
+
+# ---------------------------------------------------------------------------- weights
+def _tiny_convnext_task(**kwargs):
+    from ..conftest import TINY_BACKBONES, TINY_CONTEXT
+
+    mk = dict(TINY_BACKBONES["convnext_tiny"], context_kwargs=dict(TINY_CONTEXT))
+    return XTClassification(
+        model="xt_convnext_tiny_mamba", region_size=64, model_kwargs=mk, **kwargs
+    )
+
+
+def _weights_enum(tmp_path, state, meta):
+    import kornia.augmentation as K
+    from torchvision.models._api import Weights, WeightsEnum
+
+    path = tmp_path / "sar_convnext.pth"
+    torch.save(state, path)
+    transforms = torch.nn.Sequential(K.Normalize(mean=[-12.0, -20.0], std=[4.0, 5.0]))
+
+    class TinyWeights(WeightsEnum):
+        SAR = Weights(url=path.as_uri(), transforms=transforms, meta=meta)
+
+    return TinyWeights.SAR
+
+
+def test_xt_task_loads_a_torchgeo_weights_enum(tmp_path, monkeypatch):
+    import timm
+
+    from ..conftest import TINY_BACKBONES
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "hub"))  # the download cache
+    torch.manual_seed(1)
+    plain = timm.create_model("convnext_tiny", in_chans=2, **TINY_BACKBONES["convnext_tiny"])
+    meta = {"model": "convnext_tiny", "in_chans": 2, "publication": "test"}
+    weights = _weights_enum(tmp_path, plain.state_dict(), meta)
+    task = _tiny_convnext_task(weights=weights, in_channels=2)
+    enc = task.model.region_encoder.backbone
+    assert torch.equal(enc.stem_0.weight, plain.stem[0].weight)  # the weights arrived
+    assert torch.equal(
+        enc.stages_3.blocks[0].conv_dw.weight, plain.stages[3].blocks[0].conv_dw.weight
+    )
+    assert task.model.pretrained_cfg["mean"] == [-12.0, -20.0]
+    assert task.model.pretrained_cfg["std"] == [4.0, 5.0]
+    # 3-band weights into the 2-band model: the stem is adapted as timm does
+    rgb = timm.create_model("convnext_tiny", in_chans=3, **TINY_BACKBONES["convnext_tiny"])
+    w3 = _weights_enum(tmp_path, rgb.state_dict(), {**meta, "in_chans": 3})
+    with pytest.warns(UserWarning, match="3 input channels"):
+        adapted = _tiny_convnext_task(weights=w3, in_channels=2)
+    assert adapted.model.region_encoder.backbone.stem_0.weight.shape[1] == 2
+    bad = _weights_enum(tmp_path, plain.state_dict(), {**meta, "model": "resnet50"})
+    with pytest.raises(ValueError, match=r"'resnet50' backbone.*'convnext_tiny'"):
+        _tiny_convnext_task(weights=bad, in_channels=2)
+
+
+def test_xt_task_loads_a_lightning_checkpoint_path(tmp_path):
+    src = _tiny_convnext_task(in_channels=2)
+    path = tmp_path / "task.ckpt"
+    torch.save({"hyper_parameters": dict(src.hparams), "state_dict": src.state_dict()}, path)
+    torch.manual_seed(5)
+    dst = _tiny_convnext_task(in_channels=2, weights=str(path))
+    pairs = zip(src.model.state_dict().items(), dst.model.state_dict().values(), strict=True)
+    for (name, a), b in pairs:
+        assert torch.equal(a, b), name

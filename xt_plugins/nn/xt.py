@@ -9,7 +9,6 @@ k x k context tokens per region, C channels of the region encoder's last stage.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -19,42 +18,20 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from .context import build_context
+from .conventions import TimmConventions
 from .heads import ClassifierHead, masked_mean
 from .options import RUNTIME_OPTIONS, XT_OPTIONS
 from .region import RegionEncoder
 from .tokenize import RegionGrid
 
-__all__ = [
-    "RUNTIME_OPTIONS",
-    "XTModel",
-    "RegionLoader",
-    "no_weight_decay_names",
-    "weight_decay_groups",
-]
+__all__ = ["RUNTIME_OPTIONS", "XTModel", "RegionLoader"]
 
 _D = {name: option.default for name, option in XT_OPTIONS.items()}
-#: Parameter names (last component) that no optimizer should decay: Mamba's state matrix and
-#: skip, positional embeddings / scales, class and memory tokens.
-_NO_DECAY_NAMES = frozenset(
-    {
-        "A_log",
-        "D",
-        "cls_token",
-        "reg_token",
-        "pos_embed",
-        "absolute_pos_embed",
-        "logit_scale",
-        "relative_position_bias_table",
-    }
-)
-#: Module path parts whose parameters are positional projections (never decayed).
-_NO_DECAY_MODULES = re.compile(r"(^|\.)(pos|pos_proj|pos_embed|cpb_mlp|rel_pos\w*)(\.|$)")
-
 RegionLoader = Callable[[Tensor], Tensor]
 """Reads the regions with the given indices: (n,) long -> (n, C, region, region)."""
 
 
-class XTModel(nn.Module):
+class XTModel(TimmConventions, nn.Module):
     """xT: nested tokenization, a region encoder, a context encoder and a classifier head.
 
     Args:
@@ -138,16 +115,6 @@ class XTModel(nn.Module):
     @checkpoint_context.setter
     def checkpoint_context(self, enable: bool) -> None:
         self.context.grad_checkpointing = bool(enable)
-
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        """Switch activation checkpointing on or off (timm's convention).
-
-        Covers the region encoder's chunks and the context encoder's layers
-        (``checkpoint_regions`` and ``checkpoint_context``).
-        """
-        self.checkpoint_regions = bool(enable)
-        self.checkpoint_context = bool(enable)
 
     # ------------------------------------------------------------------ geometry
     @property
@@ -294,7 +261,7 @@ class XTModel(nn.Module):
                     ctx[b, keep] = self.contextualize(tokens[b : b + 1, keep], coords[keep])[0]
         return self.fuse_context(last, ctx.reshape(batch * grid.num_regions, k2, -1))
 
-    # ------------------------------------------------------------------ timm API
+    # ------------------------------------------------------------------ forward
     def _pyramid(
         self, x: Tensor, stages: Sequence[int], region_mask: Tensor | None = None
     ) -> tuple[RegionGrid, list[Tensor]]:
@@ -397,184 +364,3 @@ class XTModel(nn.Module):
             grid, x.shape[0], region_mask.reshape(x.shape[0], -1), x.device
         )
         return self.forward_head(masked_mean(feat, weights))
-
-    def forward_intermediates(
-        self,
-        x: Tensor,
-        indices: int | Sequence[int] | None = None,
-        norm: bool = False,
-        stop_early: bool = False,
-        output_fmt: str = "NCHW",
-        intermediates_only: bool = False,
-    ) -> list[Tensor] | tuple[Tensor, list[Tensor]]:
-        """Feature pyramid stitched over the whole image (timm's ``forward_intermediates``).
-
-        Args:
-            x: (B, C, H, W).
-            indices: stages to return (int: last n; None: all).
-            norm: unused (kept for timm compatibility).
-            stop_early: unused (the last stage is always computed for context).
-            output_fmt: ``NCHW`` or ``NHWC``.
-            intermediates_only: return only the list of maps.
-
-        Returns:
-            Maps at strides 4, 8, 16, 32 (cropped to ``ceil(H / s)``), the last one with
-            context; with ``intermediates_only=False`` also the last map first.
-        """
-        from timm.models._features import feature_take_indices
-
-        take, _ = feature_take_indices(len(self.feature_info), indices)
-        grid, feats = self._pyramid(x, take)
-        all_stages = sorted(set(take) | {len(self.feature_info) - 1})
-        maps = {
-            s: self.feature_taps[s](
-                grid.unnest(f, x.shape[0], crop_stride=self.feature_info[s]["reduction"])
-            )
-            for s, f in zip(all_stages, feats, strict=True)
-        }
-        out = [maps[s] for s in take]
-        if output_fmt == "NHWC":
-            out = [o.permute(0, 2, 3, 1) for o in out]
-        if intermediates_only:
-            return out
-        return maps[all_stages[-1]], out
-
-    def prune_intermediate_layers(
-        self, indices: int | Sequence[int] = 1, prune_norm: bool = False, prune_head: bool = True
-    ) -> list[int]:
-        """Prepare for timm feature extraction: drops the classifier; returns the stage indices."""
-        from timm.models._features import feature_take_indices
-
-        take, _ = feature_take_indices(len(self.feature_info), indices)
-        if prune_head:
-            self.reset_classifier(0)
-        return take
-
-    def get_classifier(self) -> nn.Module:
-        """The final linear layer (Identity when there is none)."""
-        return self.head.fc
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        """Replace the classifier with one of ``num_classes`` outputs (0 removes it).
-
-        Args:
-            num_classes: outputs of the new classifier (0: none).
-            global_pool: ``avg`` or ``''`` (``forward`` returns the unpooled map); None keeps
-                the current pooling.
-        """
-        if global_pool is not None:
-            if global_pool not in ("avg", ""):
-                raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
-            self.global_pool = global_pool
-        self.head.reset(num_classes)
-        self.num_classes = num_classes
-
-    # ------------------------------------------------------------------ optimizers
-    @torch.jit.ignore
-    def no_weight_decay(self) -> set[str]:
-        """Names of parameters that must not be weight-decayed (timm's convention).
-
-        Mamba's ``A_log`` and ``D``, biases, every normalisation layer's parameters,
-        positional projections / embeddings, class tokens and the region encoder's own
-        exemptions (Swin's ``logit_scale``, relative-position tables and ``cpb_mlp``).
-        ``timm.optim.create_optimizer_v2`` reads this; with
-        ``param_groups_weight_decay(model, wd, no_weight_decay_list=model.no_weight_decay())``
-        (what :func:`xt_plugins.param_groups` does) they land in the ``weight_decay=0`` group.
-        """
-        norm_types = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._NormBase)
-        norms = {name for name, m in self.named_modules() if isinstance(m, norm_types)}
-        norms |= {name for name, m in self.named_modules() if "norm" in type(m).__name__.lower()}
-        out = set()
-        for name, _ in self.named_parameters():
-            module, _, leaf = name.rpartition(".")
-            if (
-                leaf in _NO_DECAY_NAMES
-                or leaf == "bias"
-                or leaf.endswith("_bias")
-                or module in norms
-                or _NO_DECAY_MODULES.search(module)
-            ):
-                out.add(name)
-        return out
-
-    @torch.jit.ignore
-    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
-        """Parameter groups for layer-wise learning-rate decay (timm's convention).
-
-        The region encoder's first child is the stem; each further child of the backbone
-        (stages) is one block, then the context encoder, then the head (timm puts the
-        unmatched head last).
-
-        Args:
-            coarse: unused (groups are per stage either way).
-
-        Returns:
-            ``{"stem": regex, "blocks": [(regex, (ordinal,)), ...]}`` for
-            ``timm.optim.param_groups_layer_decay``.
-        """
-        encoder = self.region_encoder
-        module: nn.Module = getattr(encoder, "backbone", encoder)
-        prefix = "region_encoder." + ("backbone." if module is not encoder else "")
-        children = [n for n, c in module.named_children() if any(True for _ in c.parameters())]
-        while len(children) == 1:  # a wrapper (e.g. timm's FeatureGetterNet.model)
-            prefix += children[0] + "."
-            module = getattr(module, children[0])
-            children = [n for n, c in module.named_children() if any(True for _ in c.parameters())]
-        stem = "^" + re.escape(prefix) + "(?:" + "|".join(map(re.escape, children[:1])) + r")\b"
-        blocks = [
-            ("^" + re.escape(prefix + name) + r"\b", (i,)) for i, name in enumerate(children[1:])
-        ]
-        # direct parameters of the backbone (e.g. a positional embedding) go with the stem
-        direct = [n for n, _ in module.named_parameters(recurse=False)]
-        if direct:
-            stem = f"{stem}|^{re.escape(prefix)}(?:" + "|".join(map(re.escape, direct)) + ")$"
-        n = len(blocks)
-        blocks += [(r"^context_in\b|^context\.", (n,)), (r"^context_out\b", (n + 1,))]
-        return {"stem": stem, "blocks": blocks}
-
-    def first_conv_name(self) -> str:
-        """Name of the region encoder's stem convolution (``pretrained_cfg["first_conv"]``)."""
-        for name, module in self.named_modules():
-            if isinstance(module, nn.Conv2d) and name.startswith("region_encoder."):
-                return name
-        raise AttributeError("the region encoder has no Conv2d stem")
-
-
-def no_weight_decay_names(module: nn.Module) -> set[str]:
-    """Full names of the parameters that must not be decayed, over every XTModel inside.
-
-    Args:
-        module: an :class:`XTModel`, or anything holding one (a TorchGeo task, an smp model
-            on an xT encoder, a detector).
-
-    Returns:
-        Parameter names as ``module.named_parameters()`` spells them.
-    """
-    names: set[str] = set()
-    for prefix, sub in module.named_modules():
-        if isinstance(sub, XTModel):
-            lead = f"{prefix}." if prefix else ""
-            names |= {lead + n for n in sub.no_weight_decay()}
-    return names
-
-
-def weight_decay_groups(module: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Optimizer parameter groups: ``weight_decay`` for weights, 0 for the exempt ones.
-
-    timm's ``param_groups_weight_decay`` with :func:`no_weight_decay_names` as the list
-    (biases and other 1-D parameters are exempt as well). Use it for any optimizer::
-
-        torch.optim.AdamW(weight_decay_groups(model, 0.05), lr=1e-4)
-
-    Args:
-        module: the model (or a module holding xT models).
-        weight_decay: decay of the decayed group.
-
-    Returns:
-        ``[{"params": [...], "weight_decay": 0.0}, {"params": [...], "weight_decay": wd}]``.
-    """
-    from timm.optim import param_groups_weight_decay
-
-    return param_groups_weight_decay(
-        module, weight_decay, no_weight_decay_list=no_weight_decay_names(module)
-    )

@@ -51,8 +51,9 @@ from ..nn.heads import (
     ground_truth_detections,
     heatmap_focal_loss,
 )
+from ..nn.optim import weight_decay_groups
 from ..nn.options import XT_OPTIONS
-from ..nn.xt import XTModel, weight_decay_groups
+from ..nn.xt import XTModel
 from .metrics import MATCH_DISTANCE_M, SHORE_DISTANCE_KM, XView3Metric
 
 __all__ = [
@@ -262,7 +263,7 @@ class XTTaskOptions(HyperparametersMixin):
 
         Same optimizer, learning rate, weight decay (AdamW's default), scheduler and monitor
         as ``torchgeo.tasks.BaseTask.configure_optimizers``; the parameters come in two
-        groups (:func:`xt_plugins.nn.xt.weight_decay_groups`).
+        groups (:func:`xt_plugins.nn.optim.weight_decay_groups`).
         """
         weight_decay = AdamW([torch.zeros(1)]).defaults["weight_decay"]
         optimizer = AdamW(weight_decay_groups(self, weight_decay), lr=self.hparams["lr"])
