@@ -131,7 +131,7 @@ def _demo(args: argparse.Namespace) -> int:
     scene = by_name.get("infer_scene", {}).get("metrics") or {}
     if slide:
         print(
-            f"\nwhole slide: tumour probability {slide['tumour_probability']:.2f} (it has tumour); "
+            f"\nwhole slide: tumor probability {slide['tumor_probability']:.2f} (it has tumor); "
             f"{slide['positive_regions']} of {slide['tissue_regions']} tissue regions positive"
         )
     if scene:

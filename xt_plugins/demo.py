@@ -322,10 +322,11 @@ def _describe_outputs(stages: list[Stage], out: Path, cfg: DemoConfig) -> None:
     tissue = sum(int(r.get("tissue_regions") or 0) for r in rows)
     seconds = sum(float(r.get("seconds") or 0) for r in rows)
     slide.regions_per_second = tissue / seconds if seconds else None
-    if rows:  # the large slide is generated with tumour: the right answer is 1
+    if rows:  # the large slide is generated with tumor: the right answer is 1
         slide.metrics = {
             "slide_prediction": int(rows[0]["prediction"]),
-            "tumour_probability": float(rows[0]["probability"]),
+            "tumor_probability": float(rows[0]["probability"]),
+            "tumour_probability": float(rows[0]["probability"]),  # deprecated spelling (0.1)
             "true_label": 1,
             "positive_regions": int(rows[0]["positive_regions"]),
             "tissue_regions": int(rows[0]["tissue_regions"]),
