@@ -77,6 +77,9 @@ def test_inside_an_existing_slide_group_ngff_05_read_by_ome_zarr(tmp_path):
     assert node.metadata["channel_names"] == ["normal", "tumour"]
     arr = zarr.open_array(str(store / "map" / "0"), mode="r")
     assert arr.metadata.dimension_names == ("c", "y", "x")
+    # and the spec's own models (ome-zarr-models, installed with ome-zarr) accept it
+    models = pytest.importorskip("ome_zarr_models.v05.image")
+    assert models.Image.from_zarr(image).attributes.ome.version == "0.5"
 
 
 def test_new_store_ngff_04_on_zarr_v2_and_anisotropic_mpp(tmp_path):
@@ -88,6 +91,8 @@ def test_new_store_ngff_04_on_zarr_v2_and_anisotropic_mpp(tmp_path):
     assert group.metadata.zarr_format == 2
     attrs = group["tumour"].attrs.asdict()
     assert attrs["multiscales"][0]["version"] == "0.4" and "omero" not in attrs
+    models = pytest.importorskip("ome_zarr_models.v04.image")
+    models.Image.from_zarr(group["tumour"])  # raises unless valid NGFF 0.4
     node = read_image(path / "tumour")
     assert node.zarr.version == "0.4"
     np.testing.assert_array_equal(np.asarray(node.data[0]), probs[None])
