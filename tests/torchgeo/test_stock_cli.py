@@ -117,3 +117,73 @@ def test_print_config_lists_every_torchgeo_and_xt_argument(task, parent, capsys)
     if task == "XTVesselDetection":
         expected |= {"decoder_channels", "out_stride", "score_threshold", "lr", "weights"}
     assert expected <= set(model["init_args"]), expected - set(model["init_args"])
+
+
+ALL_ARGS_CONFIG = """\
+model:
+  class_path: xt_plugins.torchgeo.XTClassification
+  init_args:
+    model: xt_swinv2_tiny_mamba
+    weights: null
+    in_channels: 2
+    task: binary
+    num_classes: null
+    num_labels: null
+    labels: [background, vessel]
+    pos_weight: null
+    loss: bce
+    class_weights: null
+    ignore_index: null
+    lr: 1.0e-3
+    patience: 3
+    freeze_backbone: false
+    region_size: 64
+    context: txl
+    context_pool: 1
+    grad_ratio: 0.5
+    region_chunk: 2
+    checkpoint_regions: true
+    model_kwargs: {model_kwargs}
+data:
+  class_path: xt_plugins.torchgeo.SARSceneDataModule
+  init_args:
+    root: data/sar_scenes
+    task: classification
+    window_px: 128
+    region_px: 64
+    batch_size: 2
+    num_workers: 0
+trainer:
+  fast_dev_run: true
+  enable_progress_bar: false
+"""
+
+
+def test_config_with_every_argument_parses_and_trains(sar_workdir, tmp_path, monkeypatch):
+    import json
+
+    from lightning.pytorch import Trainer
+
+    from xt_plugins.cli import main
+
+    from .conftest import TINY_SWIN
+
+    config = tmp_path / "all.yaml"
+    config.write_text(ALL_ARGS_CONFIG.format(model_kwargs=json.dumps(TINY_SWIN)))
+    trainers, fit = [], Trainer.fit
+
+    def recording_fit(self, *args, **kwargs):
+        trainers.append(self)
+        return fit(self, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "fit", recording_fit)
+    monkeypatch.chdir(sar_workdir)
+    assert main(["torchgeo", "fit", "--config", str(config)]) == 0
+    (trainer,) = trainers
+    assert trainer.state.finished and trainer.global_step == 1
+    hp = trainer.lightning_module.hparams
+    assert (hp["patience"], hp["labels"], hp["context"], hp["grad_ratio"]) == (
+        3, ["background", "vessel"], "txl", 0.5
+    )  # fmt: skip
+    model = trainer.lightning_module.model
+    assert (model.context_name, model.region_chunk, model.checkpoint_regions) == ("txl", 2, True)
