@@ -299,6 +299,25 @@ def test_hf_hub_name_goes_through_timm_and_the_hub_cache(tmp_path, monkeypatch, 
     _check_foundation(enc, foundation_model)
 
 
+def test_hub_failure_is_one_line_naming_the_model_and_the_routes(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # nothing cached, no network
+    with pytest.raises(RegionWeightsError) as err:
+        RegionEncoder("hf_hub:org/not-cached", pretrained=True, cache_dir=str(tmp_path))
+    message = str(err.value)
+    assert "\n" not in message and message.startswith("hf_hub:org/not-cached: cannot fetch")
+    assert "HF_TOKEN" in message and "local-dir:FOLDER" in message
+
+
+def test_missing_overlay_file_names_the_file(tmp_path):
+    missing = tmp_path / "nope.safetensors"
+    with pytest.raises(FileNotFoundError, match=r"nope\.safetensors: pretrained weights file"):
+        RegionEncoder(
+            "test_convnext", pretrained=True, pretrained_cfg_overlay=dict(file=str(missing))
+        )
+
+
 # ---------------------------------------------------------------- through the xT model
 def test_vit_region_encoder_in_an_xt_model_end_to_end(vit_file):
     import xt_plugins

@@ -22,7 +22,8 @@ The pretrained config's ``mean`` / ``std`` are exposed for the input transform.
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,36 @@ __all__ = ["RegionEncoder", "RegionWeightsError", "load_region_weights", "read_s
 #: Region side when neither the caller nor a fixed-input-size pretrained config gives one.
 DEFAULT_REGION_SIZE = 256
 _VIT_STRIDE = PYRAMID_STRIDES[2]
+
+
+@contextmanager
+def _hub_errors(name: str) -> Iterator[None]:
+    """Turn a failed Hugging Face Hub fetch into one line naming the model and the fixes."""
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        HfHubHTTPError,
+        OfflineModeIsEnabled,
+    )
+
+    try:
+        yield
+    except (EntryNotFoundError, HfHubHTTPError, OfflineModeIsEnabled) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise RegionWeightsError(
+            f"{name}: cannot fetch from the Hugging Face Hub ({type(err).__name__}: {reason}); "
+            "gated models: accept the licence on the model page and set HF_TOKEN; offline: "
+            "set HF_HUB_OFFLINE=1 with a cached copy, name a downloaded folder as "
+            "local-dir:FOLDER, or pass pretrained_cfg_overlay=dict(file=PATH)"
+        ) from err
+
+
+def _check_overlay_file(overlay: dict[str, Any] | None) -> None:
+    path = (overlay or {}).get("file")
+    if path and not Path(path).is_file():
+        raise FileNotFoundError(
+            f"{path}: pretrained weights file not found (pretrained_cfg_overlay['file']); "
+            "pass the path of a timm state dict (.safetensors or .pth)"
+        )
 
 
 def _probe(name: str, in_chans: int, kwargs: dict[str, Any]) -> nn.Module:
@@ -157,6 +188,13 @@ class RegionEncoder(nn.Module):
         first_conv: module path (inside this encoder) of the stem convolution, or None.
         is_vit: whether the backbone is a plain ViT with the simple feature pyramid.
 
+    Raises:
+        RegionWeightsError: a Hub download failed (one line with the HF_TOKEN / offline
+            routes), or a ``weights`` file does not fit.
+        FileNotFoundError: ``pretrained_cfg_overlay['file']`` or ``weights`` does not exist.
+        ValueError: a ViT ``region_size`` that is not a multiple of 32; ``pyramid_dim`` for a
+            hierarchical backbone.
+
     .. versionadded:: 0.1
     .. versionchanged:: 0.2
         Plain ViTs get a simple feature pyramid; ``pretrained_cfg`` / ``pretrained_cfg_overlay``,
@@ -183,7 +221,10 @@ class RegionEncoder(nn.Module):
             kwargs["pretrained_cfg"] = pretrained_cfg
         if pretrained_cfg_overlay is not None:
             kwargs["pretrained_cfg_overlay"] = dict(pretrained_cfg_overlay)
-        probe = _probe(backbone, in_chans, kwargs)
+        if pretrained:
+            _check_overlay_file(pretrained_cfg_overlay)
+        with _hub_errors(backbone):
+            probe = _probe(backbone, in_chans, kwargs)
         cfg = dict(getattr(probe, "pretrained_cfg", None) or {})
         self.is_vit = _is_plain_vit(probe)
         del probe
@@ -193,15 +234,17 @@ class RegionEncoder(nn.Module):
         self.out_indices = tuple(int(i) for i in out_indices)
         kwargs["pretrained"] = pretrained
         if self.is_vit:
-            self._init_vit(backbone, pyramid_dim, kwargs)
+            with _hub_errors(backbone):
+                self._init_vit(backbone, pyramid_dim, kwargs)
         else:
             if pyramid_dim is not None:
                 raise ValueError(
                     f"pyramid_dim applies to plain ViTs only; {backbone} is hierarchical"
                 )
-            self.backbone = _create_features(
-                backbone, self.region_size, in_chans, self.out_indices, kwargs
-            )
+            with _hub_errors(backbone):
+                self.backbone = _create_features(
+                    backbone, self.region_size, in_chans, self.out_indices, kwargs
+                )
             self.pyramid = None
             self.channels_last = str(getattr(self.backbone, "output_fmt", "NCHW")).endswith("NHWC")
             self.channels: list[int] = list(self.backbone.feature_info.channels())

@@ -133,7 +133,7 @@ def load_region_weights(
         loaded[key] = value
     unexpected = sorted(k for k in ckpt if k not in used and not _PRUNED.match(k))
     if missing or unexpected or mismatched:
-        lines = [f"{path}: region weights do not fit the region encoder"]
+        parts = []
         for label, keys in (
             ("missing", missing),
             ("unexpected", unexpected),
@@ -143,6 +143,9 @@ def load_region_weights(
                 shown = ", ".join(keys[:12]) + (
                     f", ... ({len(keys)} in all)" if len(keys) > 12 else ""
                 )
-                lines.append(f"  {label} keys: {shown}")
-        raise RegionWeightsError("\n".join(lines))
+                parts.append(f"{label} keys: {shown}")
+        raise RegionWeightsError(
+            f"{path}: region weights do not fit the region encoder ({'; '.join(parts)}); "
+            "pass a state dict of the same timm architecture and sizes as the region encoder"
+        )
     backbone.load_state_dict(loaded, strict=True)
