@@ -74,7 +74,8 @@ def _check_overlay_file(overlay: dict[str, Any] | None) -> None:
 
 def _probe(name: str, in_chans: int, kwargs: dict[str, Any]) -> nn.Module:
     """The plain model on the meta device: its class, ``feature_info`` and pretrained cfg."""
-    kw = {k: v for k, v in kwargs.items() if k not in ("features_only", "out_indices")}
+    feature_only_args = ("features_only", "out_indices", "feature_cls", "feature_cfg")
+    kw = {k: v for k, v in kwargs.items() if k not in feature_only_args}
     with torch.device("meta"):
         return timm.create_model(name, pretrained=False, in_chans=in_chans, **kw)
 
