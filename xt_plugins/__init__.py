@@ -3,10 +3,11 @@
 Importing the package registers every ``xt_<backbone>_<context>`` model with timm.
 """
 
+from . import io
+from .infer import StreamResult, stream_forward, stream_predict
 from .models import BACKBONES, CONTEXTS, create_model, model_names
 from .nn import RegionGrid, XTModel
 from .nn.official import load_official_xt
-from .nn.streaming import StreamResult, stream_forward, stream_predict
 
 __version__ = "0.1.0"
 
@@ -25,6 +26,7 @@ __all__ = [
     "XTModel",
     "__version__",
     "create_model",
+    "io",
     "load_official_xt",
     "model_names",
     "stream_forward",

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from xt_plugins.nn.streaming import cell_counts, stream_forward, stream_predict
+from xt_plugins.infer import cell_counts, stream_forward, stream_predict
 
 from ..conftest import tiny_model
 
@@ -82,7 +82,7 @@ def test_nodata_regions_are_skipped():
     assert torch.allclose(res.logits, ref, atol=1e-4)
 
 
-def test_interrupted_run_resumes(tmp_path):
+def test_interrupted_run_resumes(tmp_path, caplog):
     model = _model("mamba")
     x = np.random.default_rng(1).normal(size=(3, 256, 256)).astype(np.float32)
     full = stream_predict(model, x, progress=False)
@@ -92,10 +92,13 @@ def test_interrupted_run_resumes(tmp_path):
 
     calls = {"n": 0}
 
+    seen = []
+
     def flaky(batch):
         calls["n"] += 1
         if calls["n"] == 3:
             raise Boom
+        seen.append(len(batch))
         return batch
 
     out = tmp_path / "run.zarr"
@@ -108,22 +111,23 @@ def test_interrupted_run_resumes(tmp_path):
     state = zarr.open_group(str(out), mode="r")["state"][:]
     assert (state == 1).sum() == 8  # two batches landed before the failure
     with pytest.raises(FileExistsError, match="resume=True"):
-        stream_predict(model, x, out=out, progress=False)
-    calls["n"] = 100
-    seen = []
+        stream_predict(model, x, out=out, transform=flaky, progress=False)
+    seen.clear()
     res = stream_predict(
-        model,
-        x,
-        region_batch=4,
-        out=out,
-        resume=True,
-        transform=lambda b: seen.append(len(b)) or b,
-        progress=False,
+        model, x, region_batch=4, out=out, resume=True, transform=flaky, progress=False
     )
     assert sum(seen) == 8  # only the 8 regions still to do were encoded
+    assert res.resumed
     assert torch.allclose(res.logits, full.logits, atol=1e-5)
-    with pytest.raises(ValueError, match="cannot resume"):
-        stream_predict(_model("txl"), x, out=out, resume=True, progress=False)
+    # another model: the store is not reused (one warning line), the result is the new model's
+    other = _model("txl")
+    with caplog.at_level("WARNING", logger="xt_plugins"):
+        redone = stream_predict(other, x, out=out, resume=True, transform=flaky, progress=False)
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{out}: was made from another weights / settings; starting afresh"
+    ]
+    fresh = stream_predict(other, x, progress=False)
+    assert not redone.resumed and torch.allclose(redone.logits, fresh.logits, atol=1e-6)
 
 
 def test_dense_map(tmp_path):

@@ -11,12 +11,9 @@ rank is done (a gloo barrier when ``MASTER_ADDR`` is set, else marker files).
 from __future__ import annotations
 
 import argparse
-import csv
-import datetime
 import json
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -194,33 +191,40 @@ def _device(name: str) -> Any:
     return torch.device("cpu")
 
 
-def _slide_items(entries: list[str]) -> list[dict[str, Any]]:
-    """Slide items of files and folders (a folder's labels.csv adds labels)."""
-    from .wsi import read_slide_data
+def _slide_items(entries: list[str]) -> list[Any]:
+    """Input items of slide files and folders (a folder's labels.csv adds labels)."""
+    from ..infer.runner import expand_inputs
+    from .wsi import FOLDER_SUFFIXES, read_slide_data
 
-    items: list[dict[str, Any]] = []
-    for entry in entries:
-        p = Path(entry)
-        if p.is_dir():
-            items.extend(read_slide_data(p))
-        else:
-            items.append({"image": str(p)})  # a missing file fails as its own slide
-    return items
+    return expand_inputs(
+        entries, suffixes=FOLDER_SUFFIXES, list_folder=_list_slides(read_slide_data), what="slide"
+    )
+
+
+def _list_slides(read_slide_data: Any) -> Any:
+    def list_folder(folder: Path) -> list[dict[str, Any]]:
+        try:
+            return read_slide_data(folder)
+        except FileNotFoundError:  # no slides in it: one failing input, said by the runner
+            return []
+
+    return list_folder
 
 
 def _predict_slide(args: argparse.Namespace) -> int:
     import torch
 
-    from .inferers import WholeSlideInferer
+    from ..infer.runner import init_rank_group, merge_rank_tables, rank_split
+    from .inferers import CSV_FIELDS, WholeSlideInferer
 
     rank = int(os.environ.get("RANK", 0))
     world = int(os.environ.get("WORLD_SIZE", 1))
     items = _slide_items(args.slides)
-    mine = items[rank::world]
+    mine = rank_split(items, rank, world)
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     (out / f"predictions.rank{rank}.done").unlink(missing_ok=True)  # a marker of an earlier run
-    group = _init_group(world, args.dist_timeout)
+    group = init_rank_group(world, args.dist_timeout)
     try:
         net = _build_network(args).to(_device(args.device)).eval()
         inferer = WholeSlideInferer(
@@ -248,75 +252,21 @@ def _predict_slide(args: argparse.Namespace) -> int:
                     f"-> {pred.heatmap}",
                     flush=True,
                 )
-        ok = sum(p.ok for p in preds)
-        total = len(preds)
+        ok, total = sum(p.ok for p in preds), len(preds)
         if world > 1:
-            ok, total = _merge_ranks(out, items, rank, world, ok, total, group, args.dist_timeout)
+            ok, total = merge_rank_tables(
+                out,
+                "predictions.csv",
+                CSV_FIELDS,
+                rank,
+                world,
+                (ok, total),
+                args.dist_timeout,
+                order=[i.key for i in items],
+            )
     finally:
         if group:
             torch.distributed.destroy_process_group()
     if rank == 0:
         print(f"{ok} of {total} slides predicted; predictions in {out / 'predictions.csv'}")
     return 0 if ok > 0 else 1
-
-
-# ---------------------------------------------------------------------------- ranks
-def _init_group(world: int, timeout_min: float) -> bool:
-    """Start a gloo process group for the final barrier when a launcher set one up."""
-    import torch.distributed as dist
-
-    if world <= 1 or "MASTER_ADDR" not in os.environ or dist.is_initialized():
-        return False
-    dist.init_process_group("gloo", timeout=datetime.timedelta(minutes=timeout_min))
-    return True
-
-
-def _merge_ranks(
-    out: Path,
-    items: list[dict[str, Any]],
-    rank: int,
-    world: int,
-    ok: int,
-    total: int,
-    group: bool,
-    timeout_min: float,
-) -> tuple[int, int]:
-    """Wait for every rank; rank 0 merges the per-rank CSVs. Returns global (ok, total)."""
-    import torch
-    import torch.distributed as dist
-
-    parts = [out / f"predictions.rank{r}.csv" for r in range(world)]
-    markers = [out / f"predictions.rank{r}.done" for r in range(world)]
-    if group or dist.is_initialized():
-        counts = torch.tensor([ok, total], dtype=torch.long)
-        dist.all_reduce(counts)  # also the barrier: every rank has written its CSV
-        ok, total = (int(v) for v in counts)
-    else:  # no process group: marker files
-        markers[rank].write_text(f"{ok} {total}\n")
-        if rank != 0:
-            return ok, total
-        deadline = time.monotonic() + timeout_min * 60
-        while not all(m.is_file() for m in markers):
-            if time.monotonic() > deadline:
-                missing = [m.name for m in markers if not m.is_file()]
-                raise TimeoutError(f"ranks did not finish in {timeout_min} min: {missing}")
-            time.sleep(0.5)
-        sums = [list(map(int, m.read_text().split())) for m in markers]
-        ok, total = sum(s[0] for s in sums), sum(s[1] for s in sums)
-    if rank == 0:
-        order = {str(it["image"]): i for i, it in enumerate(items)}
-        rows: list[dict[str, str]] = []
-        fields: list[str] | None = None
-        for part in parts:
-            with part.open(newline="") as f:
-                reader = csv.DictReader(f)
-                fields = fields or list(reader.fieldnames or [])
-                rows.extend(reader)
-        rows.sort(key=lambda row: order.get(row["path"], len(order)))
-        with (out / "predictions.csv").open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=fields or [])
-            writer.writeheader()
-            writer.writerows(rows)
-        for path in parts + markers:
-            path.unlink(missing_ok=True)
-    return ok, total

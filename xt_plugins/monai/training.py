@@ -13,13 +13,18 @@ after each backward (DDP would need the slide forward to run through its own ``f
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
+from monai.inferers import Inferer
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import Tensor
 
-__all__ = ["GradientAllReduce", "prepare_slide_batch"]
+from ..infer import stream_forward
+from ..nn.xt import XTModel
+
+__all__ = ["GradientAllReduce", "RegionNormalize", "SlideStreamingInferer", "prepare_slide_batch"]
 
 
 def prepare_slide_batch(
@@ -109,3 +114,79 @@ class GradientAllReduce:
             work.wait()
         for g in grads:
             g.div_(world)
+
+
+class RegionNormalize:
+    """Scale uint8 pixels to [0, 1] and normalise per channel: (N, C, H, W) or (C, H, W).
+
+    Args:
+        mean: per-channel mean in [0, 1] units (ImageNet's by default, as timm backbones use).
+        std: per-channel standard deviation in [0, 1] units.
+        max_value: the pixel value that maps to 1.
+
+    .. versionadded:: 0.1
+    """
+
+    def __init__(
+        self,
+        mean: Sequence[float] = IMAGENET_DEFAULT_MEAN,
+        std: Sequence[float] = IMAGENET_DEFAULT_STD,
+        max_value: float = 255.0,
+    ) -> None:
+        if len(mean) != len(std):
+            raise ValueError(f"mean and std differ in length: {len(mean)} != {len(std)}")
+        self.mean = tuple(float(m) for m in mean)
+        self.std = tuple(float(s) for s in std)
+        self.max_value = float(max_value)
+
+    def __call__(self, x: Tensor) -> Tensor:
+        """Normalise ``x``; channels are dimension -3."""
+        mean = torch.tensor(self.mean, device=x.device)[:, None, None] * self.max_value
+        std = torch.tensor(self.std, device=x.device)[:, None, None] * self.max_value
+        return (x.float() - mean) / std
+
+    def __repr__(self) -> str:
+        return f"RegionNormalize(mean={self.mean}, std={self.std}, max_value={self.max_value})"
+
+
+def _unwrap(network: Any) -> XTModel:
+    """The XTModel inside a (Distributed)DataParallel wrapper."""
+    net = getattr(network, "module", network)
+    if not isinstance(net, XTModel):
+        raise TypeError(f"expected an XTNet / XTModel, got {type(net).__name__}")
+    return net
+
+
+# ---------------------------------------------------------------------------- training
+class SlideStreamingInferer(Inferer):
+    """Slide logits with gradients for a batch of slide items, at bounded memory per slide.
+
+    Each item is a dict with ``"image"`` (a lazy slide source, e.g. from
+    :class:`~xt_plugins.monai.NestedRegionWSIDataset` in ``"slide"`` mode) and optionally
+    ``"region_mask"`` ((rows, cols) bool: regions to use). The network's ``region_chunk``,
+    ``checkpoint_regions`` and ``grad_ratio`` set the memory / speed trade-off; gradients reach
+    the region encoder. Under ``no_grad`` (evaluation) the same call predicts.
+
+    Args:
+        transform: applied to each (n, C, r, r) batch of regions (default: ImageNet
+            normalisation of uint8 pixels).
+
+    .. versionadded:: 0.1
+    """
+
+    def __init__(self, transform: Callable[[Tensor], Tensor] | None = None) -> None:
+        super().__init__()
+        self.transform = transform if transform is not None else RegionNormalize()
+
+    def __call__(self, inputs: Any, network: Any, *args: Any, **kwargs: Any) -> Tensor:
+        """Return (B, num_classes) logits for ``inputs`` (an item or a list of items)."""
+        items = inputs if isinstance(inputs, list | tuple) else [inputs]
+        net = _unwrap(network)
+        logits = []
+        for item in items:
+            item = item if isinstance(item, Mapping) else {"image": item}
+            mask = item.get("region_mask")
+            logits.append(
+                stream_forward(net, item["image"], transform=self.transform, region_mask=mask)
+            )
+        return torch.stack(logits)

@@ -11,7 +11,6 @@ fraction from it, and only regions (or windows of regions) with tissue are used.
 from __future__ import annotations
 
 import csv
-import math
 import os
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -26,6 +25,14 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from ..io import SLIDE_SUFFIXES, SlideSource
+from ..io.masks import (
+    NoTissueError,
+    SlideTooSmallError,
+    TissueMask,
+    region_tissue_fraction,
+    slide_region_mask,
+    tissue_mask,
+)
 
 __all__ = [
     "NestedRegionWSIDataset",
@@ -47,14 +54,6 @@ Mode = Literal["window", "region", "slide"]
 MAX_UPSAMPLE = 2.0
 #: Files a folder of slides is searched for (pyramidal TIFFs included).
 FOLDER_SUFFIXES = frozenset(SLIDE_SUFFIXES | {".tif", ".tiff"})
-
-
-class NoTissueError(ValueError):
-    """The tissue mask of a slide is empty (blank slide, or a threshold that is too strict)."""
-
-
-class SlideTooSmallError(ValueError):
-    """A slide is smaller than one region at the requested resolution."""
 
 
 # ---------------------------------------------------------------------------- slides
@@ -102,160 +101,6 @@ def open_slide(
     for w in caught:  # upsampling a little is allowed: pass SlideSource's warning on
         warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     return source
-
-
-# ---------------------------------------------------------------------------- tissue
-@dataclass(frozen=True, eq=False)
-class TissueMask:
-    """A low-resolution tissue mask of a slide.
-
-    Attributes:
-        mask: (h, w) bool, True on tissue; covers the whole level-0 extent.
-        thumbnail: (h, w, 3) uint8 image the mask was computed from.
-        downsample: level-0 pixels per mask pixel, (y, x).
-        threshold: saturation threshold that was used.
-    """
-
-    mask: np.ndarray
-    thumbnail: np.ndarray
-    downsample: tuple[float, float]
-    threshold: float
-
-    @property
-    def fraction(self) -> float:
-        """Tissue fraction of the whole slide."""
-        return float(self.mask.mean())
-
-
-def _saturation(rgb: np.ndarray) -> np.ndarray:
-    """HSV saturation (max - min) / max of (h, w, 3) uint8 pixels, 0 for black; float32."""
-    hi = rgb.max(axis=-1).astype(np.float32)
-    lo = rgb.min(axis=-1).astype(np.float32)
-    return np.divide(hi - lo, hi, out=np.zeros_like(hi), where=hi > 0)
-
-
-def tissue_mask(
-    source: SlideSource,
-    *,
-    max_side: int = 2048,
-    min_saturation: float = 0.05,
-    min_object_um2: float = 2500.0,
-) -> TissueMask:
-    """Tissue mask from a low-resolution level: Otsu on HSV saturation, small specks removed.
-
-    Glass, background and unscanned (transparent) areas have almost no saturation; stained
-    tissue has plenty. The Otsu threshold is floored at ``min_saturation`` so that a blank
-    slide yields an empty mask rather than a mask of noise.
-
-    Args:
-        source: the slide.
-        max_side: longest side of the thumbnail the mask is computed on.
-        min_saturation: lowest saturation threshold (HSV saturation in [0, 1]).
-        min_object_um2: tissue pieces (and holes) smaller than this area in square microns are
-            removed (filled); 16 mask pixels when the slide has no mpp.
-
-    Returns:
-        The :class:`TissueMask`.
-
-    .. versionadded:: 0.1
-    """
-    from skimage.filters import threshold_otsu
-    from skimage.morphology import remove_small_holes, remove_small_objects
-
-    thumb = source.thumbnail(max_side)  # (h, w, 3) uint8
-    h0, w0 = source.level0_shape
-    downsample = (h0 / thumb.shape[0], w0 / thumb.shape[1])
-    saturation = _saturation(thumb)  # (h, w) in [0, 1]
-    threshold = min_saturation
-    if float(np.ptp(saturation)) > 1e-3:
-        threshold = max(float(threshold_otsu(saturation)), min_saturation)
-    mask = saturation > threshold
-    if source.slide_mpp is not None:
-        px_um2 = downsample[0] * downsample[1] * source.slide_mpp**2
-        max_size = max(1, int(min_object_um2 / px_um2))
-    else:
-        max_size = 16
-    mask = remove_small_objects(mask, max_size=max_size)
-    mask = remove_small_holes(mask, max_size=max_size)
-    return TissueMask(mask, thumb, downsample, threshold)
-
-
-def _edges(n: int, step: float, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Mask-pixel edges of ``n`` cells of ``step`` mask pixels: (start, stop), stop > start."""
-    start = np.floor(np.arange(n) * step).astype(np.int64)
-    stop = np.maximum(np.floor(np.arange(1, n + 1) * step).astype(np.int64), start + 1)
-    return np.clip(start, 0, size), np.clip(stop, 0, size), stop - start
-
-
-def region_tissue_fraction(tissue: TissueMask, source: SlideSource, region_size: int) -> np.ndarray:
-    """Tissue fraction of every region of the model's grid over ``source``.
-
-    Args:
-        tissue: the slide's tissue mask.
-        source: the slide at the model's resolution (its ``scale`` maps pixels to level 0).
-        region_size: region side in pixels at the source's resolution.
-
-    Returns:
-        (rows, cols) float32 in [0, 1], rows = ceil(H / region_size); parts of a region beyond
-        the slide count as no tissue.
-
-    .. versionadded:: 0.1
-    """
-    rows = math.ceil(source.height / region_size)
-    cols = math.ceil(source.width / region_size)
-    mask = tissue.mask
-    integral = np.zeros((mask.shape[0] + 1, mask.shape[1] + 1), dtype=np.int64)
-    integral[1:, 1:] = mask.cumsum(0).cumsum(1)
-    step = region_size * source.scale  # level-0 pixels per region side
-    y0, y1, hy = _edges(rows, step / tissue.downsample[0], mask.shape[0])
-    x0, x1, wx = _edges(cols, step / tissue.downsample[1], mask.shape[1])
-    tissue_px = (
-        integral[y1][:, x1] - integral[y0][:, x1] - integral[y1][:, x0] + integral[y0][:, x0]
-    )  # (rows, cols)
-    area = hy[:, None] * wx[None, :]
-    return np.clip(tissue_px / area, 0.0, 1.0).astype(np.float32)
-
-
-def slide_region_mask(
-    source: SlideSource,
-    region_size: int,
-    *,
-    min_tissue: float = 0.1,
-    tissue: TissueMask | None = None,
-    **tissue_kwargs: Any,
-) -> tuple[np.ndarray, np.ndarray, TissueMask]:
-    """Regions with tissue: ``(mask (rows, cols) bool, fractions (rows, cols), tissue mask)``.
-
-    Args:
-        source: the slide at the model's resolution.
-        region_size: region side in pixels.
-        min_tissue: a region is used when its tissue fraction is at least this.
-        tissue: a tissue mask already computed (else computed here with ``tissue_kwargs``).
-        **tissue_kwargs: options of :func:`tissue_mask`.
-
-    Raises:
-        SlideTooSmallError: if the slide is smaller than one region (checked after the tissue
-            mask, so that a slide that cannot be read says so first).
-        NoTissueError: if no region has enough tissue.
-
-    .. versionadded:: 0.1
-    """
-    tissue = tissue if tissue is not None else tissue_mask(source, **tissue_kwargs)
-    if min(source.height, source.width) < region_size:
-        raise SlideTooSmallError(
-            f"{source.path}: the slide is {source.width} x {source.height} px at "
-            f"{source.mpp:.4g} um/px, smaller than one {region_size}-px region; too little "
-            "tissue for the model (use a finer mpp or a smaller region size)"
-        )
-    fractions = region_tissue_fraction(tissue, source, region_size)
-    mask = fractions >= min_tissue
-    if not mask.any():
-        raise NoTissueError(
-            f"{source.path}: no tissue found (no {region_size}-px region has {min_tissue:.0%} "
-            f"tissue; {tissue.fraction:.1%} of the thumbnail passed the saturation threshold "
-            f"{tissue.threshold:.3f})"
-        )
-    return mask, fractions, tissue
 
 
 # ---------------------------------------------------------------------------- data lists

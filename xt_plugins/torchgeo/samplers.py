@@ -5,9 +5,7 @@
 
 from __future__ import annotations
 
-import functools
 import math
-import os
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,10 +18,9 @@ import torch
 from torchgeo.datasets import GeoDataset
 from torchgeo.samplers import GeoSampler
 
-__all__ = ["NestedRegionGeoSampler", "NestedWindow", "validity_grid"]
+from ..io.masks import MASK_MAX_SIDE, validity_grid
 
-#: Longest side (pixels) of the validity grid read per file; larger files are decimated.
-MASK_MAX_SIDE = 4096
+__all__ = ["NestedRegionGeoSampler", "NestedWindow", "validity_grid"]
 
 
 @dataclass(frozen=True)
@@ -55,62 +52,6 @@ def _pair(value: int | tuple[int, int], name: str) -> tuple[int, int]:
     if int(h) != h or int(w) != w or h <= 0 or w <= 0:
         raise ValueError(f"{name} must be positive whole pixels, got {value!r}")
     return int(h), int(w)
-
-
-def validity_grid(
-    path: str | os.PathLike[str], nodata: float | None = None, max_side: int = MASK_MAX_SIDE
-) -> tuple[np.ndarray, tuple[float, float]]:
-    """Valid-data mask of a raster file at (at most) ``max_side`` pixels on its longest side.
-
-    A pixel is invalid where every band equals nodata (the file's, or ``nodata``), or any
-    band is NaN, or the file's internal mask says so; decimated reads sample the nearest pixel.
-
-    Args:
-        path: raster file.
-        nodata: nodata value overriding the file's.
-        max_side: longest side of the returned mask.
-
-    Returns:
-        ``(mask, factor)``: (h, w) bool array, True on data, and the file pixels per mask pixel
-        along each axis (``(fy, fx)`` floats; 1.0 when read at full resolution).
-
-    Raises:
-        xt_plugins.io.ImageReadError: naming the file if it cannot be read.
-
-    The result is cached per file version (path, modification time), read-only.
-    """
-    p = str(path)
-    return _validity_grid(p, os.stat(p).st_mtime_ns, nodata, max_side)
-
-
-@functools.lru_cache(maxsize=8)
-def _validity_grid(
-    path: str, mtime_ns: int, nodata: float | None, max_side: int
-) -> tuple[np.ndarray, tuple[float, float]]:
-    import rasterio
-    from rasterio.enums import MaskFlags
-
-    from xt_plugins.io import ImageReadError, RasterSource
-    from xt_plugins.io.base import nodata_mask
-
-    with RasterSource(path, nodata=nodata) as src:
-        _, height, width = src.shape
-        thumb = src.thumbnail(max_side=min(max_side, max(height, width)), resampling="nearest")
-    data = np.moveaxis(thumb, -1, 0)  # (C, h, w)
-    try:
-        with rasterio.open(path) as ds:
-            values = [nodata] * ds.count if nodata is not None else list(ds.nodatavals)
-            mask = nodata_mask(data, values)
-            flags = ds.mask_flag_enums[0]
-            if MaskFlags.per_dataset in flags or MaskFlags.alpha in flags:
-                inner = ds.read_masks(1, out_shape=data.shape[1:]) > 0
-                mask = inner if mask is None else mask & inner
-    except rasterio.errors.RasterioError as e:
-        raise ImageReadError(f"{path}: reading the validity mask failed: {e}") from e
-    if mask is None:
-        mask = np.ones(data.shape[1:], dtype=bool)
-    mask.setflags(write=False)
-    return mask, (height / mask.shape[0], width / mask.shape[1])
 
 
 class NestedRegionGeoSampler(GeoSampler):

@@ -12,16 +12,20 @@ with the image area except through the context token sequence.
 
 A source is any object with ``shape`` (C, H, W) and ``read(y, x, h, w) -> (C, h, w)`` that
 pads outside the image with zeros; ``read_mask(y, x, h, w)`` (True on real pixels, or None)
-is used when present. :func:`xt_plugins.io.open_image` makes one from arrays, zarr, GeoTIFFs
-and slides, and a numpy array or tensor works as-is.
+is used when present (``read_with_mask`` reads both in one pass). :func:`xt_plugins.io.open_image`
+makes one from arrays, zarr, GeoTIFFs and slides; a numpy array or tensor is opened the same
+way, so NaN pixels are nodata.
 
 .. versionadded:: 0.1
+.. versionchanged:: 0.2
+   Moved from ``xt_plugins.nn.streaming``; ``out`` is a run store keyed by the input's
+   identity (:mod:`xt_plugins.infer.store`).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,8 +35,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .tokenize import RegionGrid
-from .xt import XTModel
+from ..nn.tokenize import RegionGrid
+from ..nn.xt import XTModel
+from .identity import array_digest, describe, jsonable, source_identity, weights_digest
+from .store import DONE, TODO, RunStore, StoreError, _hint
 
 __all__ = ["StreamResult", "stream_predict", "stream_forward", "cell_counts", "as_source"]
 
@@ -40,35 +46,23 @@ Transform = Callable[[Tensor], Tensor]
 
 
 # ---------------------------------------------------------------------------- sources
-class _TensorSource:
-    """Minimal source over an in-memory (C, H, W) array or tensor."""
-
-    def __init__(self, array: np.ndarray | Tensor) -> None:
-        arr = array.detach().cpu().numpy() if isinstance(array, Tensor) else np.asarray(array)
-        if arr.ndim == 4 and arr.shape[0] == 1:
-            arr = arr[0]
-        if arr.ndim != 3:
-            raise ValueError(f"expected a (C, H, W) image, got shape {arr.shape}")
-        self.array = arr
-        self.shape = tuple(int(s) for s in arr.shape)
-        self.name = "array"
-
-    def read(self, y: int, x: int, h: int, w: int) -> np.ndarray:
-        out = np.zeros((self.shape[0], h, w), dtype=self.array.dtype)
-        y1, x1 = min(y + h, self.shape[1]), min(x + w, self.shape[2])
-        if y1 > y and x1 > x:
-            out[:, : y1 - y, : x1 - x] = self.array[:, y:y1, x:x1]
-        return out
-
-
 def as_source(obj: Any) -> Any:
-    """Return ``obj`` if it already reads windows, else wrap arrays / open files lazily."""
+    """Return ``obj`` if it already reads windows, else open it as a lazy source.
+
+    Arrays and tensors become an :class:`~xt_plugins.io.ArraySource`, so NaN pixels are
+    nodata here exactly as through :func:`xt_plugins.io.open_image` (masked, and a region
+    without valid pixels is skipped); paths and zarr arrays go through ``open_image``.
+    """
     if hasattr(obj, "read") and hasattr(obj, "shape"):
         return obj
-    if isinstance(obj, np.ndarray | Tensor):
-        return _TensorSource(obj)
-    from ..io import open_image  # paths, zarr arrays, memmaps
+    from ..io import open_image
 
+    if isinstance(obj, Tensor):
+        obj = obj.detach().cpu().numpy()
+    if isinstance(obj, np.ndarray) and obj.ndim == 4 and obj.shape[0] == 1:
+        obj = obj[0]
+    if isinstance(obj, np.ndarray) and obj.ndim != 3:
+        raise ValueError(f"expected a (C, H, W) image, got shape {obj.shape}")
     return open_image(obj)
 
 
@@ -77,8 +71,12 @@ def _read_region(source: Any, grid: RegionGrid, index: int) -> tuple[np.ndarray,
     r = grid.region
     y, x = divmod(index, grid.cols)
     y, x = y * r, x * r
-    data = np.asarray(source.read(y, x, r, r))
-    mask = source.read_mask(y, x, r, r) if hasattr(source, "read_mask") else None
+    if hasattr(source, "read_with_mask"):  # one pass over the file for pixels and mask
+        data, mask = source.read_with_mask(y, x, r, r)
+    else:
+        data = source.read(y, x, r, r)
+        mask = source.read_mask(y, x, r, r) if hasattr(source, "read_mask") else None
+    data = np.asarray(data)
     if mask is None:
         h, w = min(r, grid.height - y), min(r, grid.width - x)
         return data, h * w / float(r * r)
@@ -86,6 +84,31 @@ def _read_region(source: Any, grid: RegionGrid, index: int) -> tuple[np.ndarray,
     if not mask.all():
         data = np.where(mask[None], data, np.zeros((), dtype=data.dtype))
     return data, float(mask.mean())
+
+
+def _region_mask(region_mask: Any, grid: RegionGrid, name: str) -> Tensor:
+    """(R,) bool of the regions allowed by ``region_mask`` (all when None)."""
+    if region_mask is None:
+        return torch.ones(grid.num_regions, dtype=torch.bool)
+    allowed = torch.as_tensor(np.asarray(region_mask), dtype=torch.bool).reshape(-1)
+    if allowed.numel() != grid.num_regions:
+        raise ValueError(
+            f"{name}: region_mask has {allowed.numel()} entries for the {grid.rows} x "
+            f"{grid.cols} = {grid.num_regions} regions of the image"
+        )
+    if not bool(allowed.any()):
+        raise ValueError(f"{name}: region_mask leaves no region to encode")
+    return allowed
+
+
+def _check_bands(model: XTModel, source: Any, name: str) -> None:
+    channels = int(source.shape[0])
+    if channels != model.in_chans:
+        raise ValueError(
+            f"{name}: the image has {channels} band(s) but the model takes {model.in_chans} "
+            "input channels; select bands (e.g. open_image(path, bands=[...])) or use a model "
+            f"built with in_chans={channels}"
+        )
 
 
 # ---------------------------------------------------------------------------- geometry
@@ -169,6 +192,8 @@ class StreamResult:
         region_outputs: (R, num_classes) per-region probabilities (NaN for skipped regions).
         seconds: wall time.
         regions_per_second: encoded regions per second (this run).
+        resumed: True when regions of an earlier run of the same input were reused.
+        extra: anything an adapter adds.
     """
 
     logits: Tensor
@@ -178,71 +203,8 @@ class StreamResult:
     region_outputs: Tensor
     seconds: float
     regions_per_second: float
+    resumed: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
-
-
-class _Store:
-    """Per-region encoder results, in memory or in a resumable Zarr group."""
-
-    def __init__(
-        self, out: str | Path | None, meta: dict[str, Any], shape_t: tuple[int, int], resume: bool
-    ):
-        r, (t, c) = meta["num_regions"], shape_t
-        self.group = None
-        if out is None:
-            self.tokens = torch.zeros(r, t, c)
-            self.region_sum = torch.zeros(r, c)
-            self.state = torch.zeros(r, dtype=torch.int8)  # 0 todo, 1 encoded, 2 skipped
-            return
-        import zarr
-
-        path = Path(out)
-        if path.exists() and not resume:
-            raise FileExistsError(
-                f"{path} exists: pass resume=True to continue it, or choose a new out"
-            )
-        group = zarr.open_group(str(path), mode="a")
-        if "state" in group:
-            old = {k: group.attrs.get(k) for k in meta}
-            if old != meta:
-                diff = {k: (old[k], meta[k]) for k in meta if old[k] != meta[k]}
-                raise ValueError(f"{path}: cannot resume, it was written for other settings {diff}")
-        else:
-            group.attrs.update(meta)
-            chunk = max(1, min(r, 256))
-            group.create_array(
-                "tokens", shape=(r, t, c), chunks=(chunk, t, c), dtype="float32", fill_value=0.0
-            )
-            group.create_array(
-                "region_sum", shape=(r, c), chunks=(chunk, c), dtype="float32", fill_value=0.0
-            )
-            group.create_array(
-                "state", shape=(r,), chunks=(max(1, min(r, 4096)),), dtype="int8", fill_value=0
-            )
-        self.group = group
-        self.state = torch.from_numpy(group["state"][:].astype(np.int8))
-
-    def put(self, idx: np.ndarray, tokens: Tensor, region_sum: Tensor) -> None:
-        if self.group is None:
-            self.tokens[idx] = tokens
-            self.region_sum[idx] = region_sum
-        else:
-            self.group["tokens"].oindex[idx] = tokens.numpy()
-            self.group["region_sum"].oindex[idx] = region_sum.numpy()
-            self.group["state"].oindex[idx] = np.ones(len(idx), dtype=np.int8)  # after the data
-        self.state[idx] = 1
-
-    def skip(self, idx: np.ndarray) -> None:
-        if self.group is not None and len(idx):
-            self.group["state"].oindex[idx] = np.full(len(idx), 2, dtype=np.int8)
-        self.state[idx] = 2
-
-    def load(self) -> tuple[Tensor, Tensor]:
-        if self.group is None:
-            return self.tokens, self.region_sum
-        return torch.from_numpy(self.group["tokens"][:]), torch.from_numpy(
-            self.group["region_sum"][:]
-        )
 
 
 def _batches(
@@ -287,110 +249,235 @@ def stream_predict(
     progress: bool = True,
     resume: bool = False,
     transform: Transform | None = None,
-    region_mask: Tensor | np.ndarray | None = None,
+    region_mask: Tensor | np.ndarray | Callable[[], Any] | None = None,
     min_valid: float = 0.0,
     dense: bool = False,
     context_chunk: int = 4096,
     read_workers: int = 1,
     prefetch: int = 2,
     device: torch.device | str | None = None,
+    settings: Mapping[str, Any] | None = None,
+    keep_tokens: bool = True,
 ) -> StreamResult:
     """Predict on an image of any size at bounded memory, region batch by region batch.
 
+    With ``out`` the per-region results go to a run store (:class:`~xt_plugins.infer.RunStore`)
+    whose identity is the input (path, size, mtime and sampled content, or every pixel of an
+    in-memory array), the model's weights and the settings that change outputs; ``resume``
+    continues it only when all of them match (otherwise it starts afresh with one warning
+    line), and damaged parts of it are recomputed.
+
     Args:
         model: an :class:`XTModel` (eval mode is set for the call and restored).
-        source: a lazy image (see module docs), a (C, H, W) array / tensor, or a path.
+        source: a lazy image (see module docs), a (C, H, W) array / tensor (NaN is nodata), or
+            a path.
         region_batch: regions encoded together.
         out: a Zarr group path for the per-region results (``tokens``, ``region_sum``,
             ``state``) and the region map (``probs``, or ``dense``); resumable.
         progress: show a progress bar (regions/s).
-        resume: continue an interrupted run at ``out`` (its encoded regions are not redone).
-        transform: applied to each (n, C, r, r) float batch (e.g. normalisation).
-        region_mask: (R,) or (rows, cols) bool, False for regions never to read (e.g. no tissue).
+        resume: continue a run at ``out`` made from the same input, weights and settings
+            (its encoded regions are not redone); False with an existing ``out`` is an error.
+        transform: applied to each (n, C, r, r) float batch (e.g. normalisation); its
+            ``repr`` is part of the run's identity.
+        region_mask: (R,) or (rows, cols) bool, False for regions never to read (e.g. no tissue);
+            or a function returning it, called only when regions must be encoded (``settings``
+            must then hold what the mask depends on: it is not hashed).
         min_valid: skip regions whose fraction of valid (non-nodata) pixels is not above this.
         dense: also write per-cell maps (k x k per region) instead of one value per region.
         context_chunk: tokens per chunk for Mamba's chunked context pass.
         read_workers: reader threads (1 keeps single-handle readers such as rasterio safe).
         prefetch: batches read ahead of compute.
         device: where the model runs (default: the model's device).
+        settings: more plain values the outputs depend on (recorded in the run's identity).
+        keep_tokens: keep the per-region tokens in ``out`` once finished (False drops them;
+            a finished run is then answered from its stored maps).
 
     Returns:
         A :class:`StreamResult`.
+
+    Raises:
+        ValueError: if the image's band count differs from the model's ``in_chans``, or the
+            region mask leaves no region (both before anything is written).
+        xt_plugins.infer.StoreError: if ``out`` is not a usable run store.
     """
     from tqdm.auto import tqdm
 
     source = as_source(source)
+    name = str(getattr(source, "path", None) or getattr(source, "name", "image"))
     start = time.perf_counter()
     _, height, width = (int(s) for s in source.shape)
     grid = model.grid_for(height, width)
+    _check_bands(model, source, name)
+    lazy_mask = callable(region_mask)  # computed only if regions must be encoded
+    allowed = None if lazy_mask else _region_mask(region_mask, grid, name)
     device = torch.device(device) if device is not None else next(model.parameters()).device
     k2 = model.tokens_per_side**2
-    meta = dict(
-        num_regions=grid.num_regions,
-        height=height,
-        width=width,
-        region_size=grid.region,
-        tokens=k2,
-        channels=model.num_features,
-        context=model.context_name,
-        num_classes=model.num_classes,
-    )
-    store = _Store(out, meta, (k2, model.num_features), resume)
-    allowed = torch.ones(grid.num_regions, dtype=torch.bool)
-    if region_mask is not None:
-        allowed = torch.as_tensor(np.asarray(region_mask), dtype=torch.bool).reshape(-1)
-        if allowed.numel() != grid.num_regions:
-            raise ValueError(
-                f"region_mask has {allowed.numel()} entries for {grid.num_regions} regions"
-            )
-        store.skip(np.flatnonzero(((~allowed) & (store.state == 0)).numpy()))
-    todo = [int(i) for i in torch.nonzero(store.state == 0).flatten()]
+    layout = dict(num_regions=grid.num_regions, tokens=k2, channels=model.num_features)
+    store = None
+    if out is not None:
+        identity = run_identity(model, source, transform, allowed, min_valid, dense, settings)
+        store = RunStore(out, identity, layout, resume=resume)
+        result = _stored_result(model, grid, store, dense)
+        if result is not None:
+            result.seconds = time.perf_counter() - start
+            return result
+    else:
+        store = RunStore(None, {}, layout)
+    if allowed is None:
+        allowed = _region_mask(region_mask(), grid, name)
+    store.skip(np.flatnonzero(((~allowed) & (store.state == TODO)).numpy()))
     was_training = model.training
     model.eval()
     encoded = 0
-    bar = tqdm(
-        total=len(todo), unit="region", desc=getattr(source, "name", "image"), disable=not progress
-    )
     try:
         with torch.inference_mode():
-            for kept, crops, skipped in _batches(
-                source, grid, todo, region_batch, min_valid, read_workers, prefetch
-            ):
-                store.skip(np.asarray(skipped, dtype=np.int64))
-                if kept:
-                    x = torch.from_numpy(np.stack(crops)).to(device=device, dtype=torch.float32)
-                    if transform is not None:
-                        x = transform(x)
-                    idx = torch.as_tensor(kept, device=device)
-                    last = model.region_encoder(x)[-1]
-                    tokens, region_sum = _summarize(
-                        model, last, _valid_token_extent(model, grid, idx)
+            for attempt in range(2):  # a second pass re-encodes regions found damaged
+                todo = [int(i) for i in torch.nonzero(store.state == TODO).flatten()]
+                bar = tqdm(
+                    total=len(todo),
+                    unit="region",
+                    desc=getattr(source, "name", "image"),
+                    disable=not progress or not todo,
+                )
+                try:
+                    encoded += _encode(
+                        model,
+                        source,
+                        grid,
+                        store,
+                        todo,
+                        transform,
+                        device,
+                        region_batch,
+                        min_valid,
+                        read_workers,
+                        prefetch,
+                        bar,
                     )
-                    store.put(np.asarray(kept), tokens.float().cpu(), region_sum.float().cpu())
-                    encoded += len(kept)
-                bar.update(len(kept) + len(skipped))
-            result = _finish(model, grid, store, out, dense, context_chunk, device)
+                finally:
+                    bar.close()
+                tokens, region_sum, damaged = store.load()
+                if not len(damaged):
+                    break
+                if attempt:
+                    raise StoreError(
+                        f"{store.path}: regions stay damaged after re-encoding "
+                        "(disk errors?); " + _hint(store.path)
+                    )
+                store.reset(damaged)
+            result = _finish(model, grid, store, tokens, region_sum, dense, context_chunk, device)
+            store.finish({"logits": [float(v) for v in result.logits]}, keep_tokens=keep_tokens)
     finally:
-        bar.close()
         model.train(was_training)
     seconds = time.perf_counter() - start
     result.seconds = seconds
     result.regions_per_second = encoded / seconds if seconds > 0 else 0.0
+    result.resumed = store.resumed
     return result
+
+
+def run_identity(
+    model: XTModel,
+    source: Any,
+    transform: Transform | None,
+    allowed: Tensor | None,
+    min_valid: float,
+    dense: bool,
+    settings: Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    """The identity of a streamed run: input, weights and every setting that changes outputs."""
+    return {
+        "source": source_identity(source),
+        "weights": weights_digest(model),
+        "settings": jsonable(
+            {
+                "region_size": model.region_size,
+                "tokens_per_side": model.tokens_per_side,
+                "context": model.context_name,
+                "num_classes": model.num_classes,
+                "transform": describe(transform),
+                "region_mask": "from settings"
+                if allowed is None
+                else array_digest(allowed.numpy()),
+                "min_valid": min_valid,
+                "dense": dense,
+                **dict(settings or {}),
+            }
+        ),
+    }
+
+
+def _encode(
+    model: XTModel,
+    source: Any,
+    grid: RegionGrid,
+    store: RunStore,
+    todo: list[int],
+    transform: Transform | None,
+    device: torch.device,
+    region_batch: int,
+    min_valid: float,
+    read_workers: int,
+    prefetch: int,
+    bar: Any,
+) -> int:
+    """Encode the ``todo`` regions into the store; returns how many were encoded."""
+    encoded = 0
+    for kept, crops, skipped in _batches(
+        source, grid, todo, region_batch, min_valid, read_workers, prefetch
+    ):
+        store.skip(np.asarray(skipped, dtype=np.int64))
+        if kept:
+            x = torch.from_numpy(np.stack(crops)).to(device=device, dtype=torch.float32)
+            if transform is not None:
+                x = transform(x)
+            idx = torch.as_tensor(kept, device=device)
+            last = model.region_encoder(x)[-1]
+            tokens, region_sum = _summarize(model, last, _valid_token_extent(model, grid, idx))
+            store.put(np.asarray(kept), tokens.float().cpu(), region_sum.float().cpu())
+            encoded += len(kept)
+        bar.update(len(kept) + len(skipped))
+    return encoded
+
+
+def _stored_result(
+    model: XTModel, grid: RegionGrid, store: RunStore, dense: bool
+) -> StreamResult | None:
+    """The result of a finished run that dropped its tokens (None: compute it here)."""
+    run = store.run_attrs
+    if not run.get("complete") or run.get("tokens_kept", True):
+        return None
+    maps = ("probs", "dense") if dense else ("probs",) if model.num_classes else ()
+    result = store.finished(maps)
+    if result is None:
+        store.restart()
+        return None
+    processed = store.state == DONE
+    nc = max(model.num_classes, 1)
+    region_out = torch.full((grid.num_regions, nc), float("nan"))
+    region_map = None
+    if model.num_classes:
+        region_map = store.group["dense" if dense else "probs"]
+        probs = torch.from_numpy(np.asarray(store.group["probs"][:]))  # (C, rows, cols)
+        region_out = probs.reshape(probs.shape[0], -1).T.contiguous()
+    logits = torch.tensor(result["logits"], dtype=torch.float32)
+    return StreamResult(logits, region_map, grid, processed, region_out, 0.0, 0.0, resumed=True)
 
 
 def _finish(
     model: XTModel,
     grid: RegionGrid,
-    store: _Store,
-    out: Any,
+    store: RunStore,
+    tokens: Tensor,
+    region_sum: Tensor,
     dense: bool,
     context_chunk: int,
     device: torch.device,
 ) -> StreamResult:
-    tokens, region_sum = store.load()  # (R, T, C), (R, C)
-    processed = store.state == 1
+    processed = store.state == DONE
     weights = processed.float()
+    tokens = torch.nan_to_num(tokens, nan=0.0) if not bool(processed.all()) else tokens
+    region_sum = torch.where(processed[:, None], region_sum, torch.zeros(()))
     counts = cell_counts(model, grid)  # (R, T)
     coords = grid.token_coords(model.tokens_per_side)  # (R*T, 2)
     flat = tokens.reshape(-1, tokens.shape[-1])  # (R*T, C), a view
@@ -414,8 +501,8 @@ def _finish(
     if nc > 0:
         probs = _probabilities(model.forward_head(per_region[processed].to(device)).float().cpu())
         region_out[processed] = probs
-        if out is not None:
-            region_map = _write_map(store, "probs", region_out.T.reshape(nc, grid.rows, grid.cols))
+        if store.group is not None:
+            region_map = store.write_map("probs", region_out.T.reshape(nc, grid.rows, grid.cols))
             if dense:
                 cells = _probabilities(
                     model.forward_head((tokens + ctx).reshape(-1, tokens.shape[-1]).to(device))
@@ -428,26 +515,14 @@ def _finish(
                 cells[~processed] = float("nan")
                 k = model.tokens_per_side
                 dense_map = cells.reshape(grid.rows, grid.cols, k, k, nc).permute(4, 0, 2, 1, 3)
-                region_map = _write_map(
-                    store, "dense", dense_map.reshape(nc, grid.rows * k, grid.cols * k)
+                region_map = store.write_map(
+                    "dense", dense_map.reshape(nc, grid.rows * k, grid.cols * k)
                 )
     return StreamResult(logits, region_map, grid, processed, region_out, 0.0, 0.0)
 
 
 def _probabilities(logits: Tensor) -> Tensor:
     return torch.sigmoid(logits) if logits.shape[-1] == 1 else torch.softmax(logits, dim=-1)
-
-
-def _write_map(store: _Store, name: str, values: Tensor) -> Any:
-    group = store.group
-    if name in group:
-        del group[name]
-    chunks = (values.shape[0], min(values.shape[1], 512), min(values.shape[2], 512))
-    arr = group.create_array(
-        name, shape=tuple(values.shape), chunks=chunks, dtype="float32", fill_value=float("nan")
-    )
-    arr[:] = values.numpy()
-    return arr
 
 
 # ---------------------------------------------------------------------------- training
@@ -475,16 +550,12 @@ def stream_forward(
         (num_classes,) logits (or (C,) pooled features without a classifier).
     """
     source = as_source(source)
+    name = str(getattr(source, "path", None) or getattr(source, "name", "image"))
     _, height, width = (int(s) for s in source.shape)
     grid = model.grid_for(height, width)
+    _check_bands(model, source, name)
     device = next(model.parameters()).device
-    allowed = torch.ones(grid.num_regions, dtype=torch.bool)
-    if region_mask is not None:
-        allowed = torch.as_tensor(np.asarray(region_mask), dtype=torch.bool).reshape(-1)
-    keep = torch.nonzero(allowed).flatten()
-    if keep.numel() == 0:
-        name = getattr(source, "name", "image")
-        raise ValueError(f"{name}: region_mask leaves no region to encode")
+    keep = torch.nonzero(_region_mask(region_mask, grid, name)).flatten()
     extent = _valid_token_extent(model, grid, torch.arange(grid.num_regions))
 
     def load(sub: Tensor) -> Tensor:
