@@ -261,8 +261,9 @@ def test_xt_task_loads_a_torchgeo_weights_enum(tmp_path, monkeypatch):
     assert torch.equal(
         enc.stages_3.blocks[0].conv_dw.weight, plain.stages[3].blocks[0].conv_dw.weight
     )
-    assert task.model.pretrained_cfg["mean"] == [-12.0, -20.0]
-    assert task.model.pretrained_cfg["std"] == [4.0, 5.0]
+    assert task.model.pretrained_cfg["mean"] == (-12.0, -20.0)
+    assert task.model.pretrained_cfg["std"] == (4.0, 5.0)
+    assert (task.model.region_encoder.mean, task.model.region_encoder.std) == ((-12, -20), (4, 5))
     # 3-band weights into the 2-band model: the stem is adapted as timm does
     rgb = timm.create_model("convnext_tiny", in_chans=3, **TINY_BACKBONES["convnext_tiny"])
     w3 = _weights_enum(tmp_path, rgb.state_dict(), {**meta, "in_chans": 3})
@@ -272,6 +273,10 @@ def test_xt_task_loads_a_torchgeo_weights_enum(tmp_path, monkeypatch):
     bad = _weights_enum(tmp_path, plain.state_dict(), {**meta, "model": "resnet50"})
     with pytest.raises(ValueError, match=r"'resnet50' backbone.*'convnext_tiny'"):
         _tiny_convnext_task(weights=bad, in_channels=2)
+    from torchgeo.models import ResNet50_Weights  # a real enum: refused before any download
+
+    with pytest.raises(ValueError, match=r"'resnet50' backbone.*'convnext_tiny'"):
+        _tiny_convnext_task(weights=ResNet50_Weights.SENTINEL1_ALL_MOCO, in_channels=2)
 
 
 def test_xt_task_loads_a_lightning_checkpoint_path(tmp_path):

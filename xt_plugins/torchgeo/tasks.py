@@ -157,8 +157,9 @@ def load_task_weights(model: nn.Module, weights: Any, model_name: str) -> None:
             detector around one).
         weights: None / False (random), True (already loaded by timm), a ``WeightsEnum``
             member or its name (``"ResNet50_Weights.SENTINEL1_ALL_MOCO"``: loaded into the
-            region encoder; its normalisation is recorded in the model's
-            ``pretrained_cfg``), or a Lightning checkpoint / state-dict path.
+            region encoder; the mean / std of its transforms' ``Normalize`` become the region
+            encoder's ``mean`` / ``std`` and the ``pretrained_cfg``'s), or a Lightning
+            checkpoint / state-dict path.
         model_name: the task's model name (for error messages).
 
     Raises:
@@ -208,8 +209,14 @@ def _load_weights_enum(xt: XTModel, weights: WeightsEnum, model_name: str) -> No
         save_file({k: v.contiguous() for k, v in state.items()}, path)
         load_region_weights(xt.region_encoder.backbone, path)
     stats = _normalisation(weights.transforms)
-    if stats is not None and isinstance(getattr(xt, "pretrained_cfg", None), dict):
-        xt.pretrained_cfg = {**xt.pretrained_cfg, "mean": stats[0], "std": stats[1]}
+    if stats is not None:  # the input statistics the weights were trained with, per band
+        mean, std = (tuple(v * xt.in_chans if len(v) == 1 else v) for v in stats)
+        encoder = xt.region_encoder
+        if hasattr(encoder, "mean"):
+            encoder.mean, encoder.std = mean, std
+        for holder in (encoder, xt):
+            if isinstance(getattr(holder, "pretrained_cfg", None), dict):
+                holder.pretrained_cfg = {**holder.pretrained_cfg, "mean": mean, "std": std}
 
 
 class XTTaskOptions(HyperparametersMixin):
