@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import zarr
 from monai.inferers import Inferer
 from torch import Tensor
 
@@ -37,6 +38,7 @@ from .slide_outputs import (
     CSV_FIELDS,
     SlidePrediction,
     class_names,
+    slide_item,
     write_heatmap,
     write_region_geojson,
     write_slide_attrs,
@@ -75,11 +77,10 @@ class WholeSlideInferer(Inferer):
     - ``<stem>.geojson``: positive regions as rectangles in level-0 pixels (QuPath
       annotations with class and probability).
 
-    :meth:`predict_slides` updates one row per slide (keyed by its absolute path) in a CSV and
-    turns a failing slide into one error line naming it while the others go on. Each slide's
-    Zarr is a run store (:class:`xt_plugins.infer.RunStore`): an interrupted slide resumes
-    where it stopped, and a finished one is reused, only when it was made from the same file,
-    weights and settings; a damaged store is recomputed.
+    :meth:`predict_slides` updates one CSV row per slide (keyed by its absolute path); a failing
+    slide is one error line naming it. Each slide's Zarr is a run store
+    (:class:`xt_plugins.infer.RunStore`): resumed or reused only for the same file, weights
+    and settings; a damaged store is recomputed.
 
     Args:
         output_dir: folder for the outputs (None: compute only, write nothing).
@@ -152,16 +153,15 @@ class WholeSlideInferer(Inferer):
 
         Args:
             slides: paths, sources, dict items (``{"image": path, "label": ...}``) or
-                :class:`~xt_plugins.infer.runner.InputItem` s (their ``name`` is used).
+                :class:`~xt_plugins.infer.runner.InputItem` s.
             network: the model.
-            csv_path: prediction CSV (default ``output_dir/predictions.csv``); rows of other
-                slides already in it are kept, and it is rewritten after each slide.
+            csv_path: prediction CSV (default ``output_dir/predictions.csv``), rows by slide.
             on_error: called with each failed prediction (default: log one error line).
 
         Returns:
             One :class:`SlidePrediction` per slide, in input order.
         """
-        items = [s if isinstance(s, InputItem) else _item(s) for s in slides]
+        items = [s if isinstance(s, InputItem) else slide_item(s) for s in slides]
         unnamed = [i for i in items if not i.name]
         for item, name in zip(unnamed, output_names([i.path for i in unnamed]), strict=True):
             item.name = name
@@ -216,7 +216,7 @@ class WholeSlideInferer(Inferer):
         """
         start = time.perf_counter()
         net = _unwrap(network)
-        item = slide if isinstance(slide, InputItem) else _item(slide)
+        item = slide if isinstance(slide, InputItem) else slide_item(slide)
         source = item.extra.get("source")
         opened = source is None
         if opened:
@@ -230,18 +230,17 @@ class WholeSlideInferer(Inferer):
             probs, fractions, logits, tissue, pred.resumed = self._predict(net, source, zpath)
             pos_map = pred.summarize(probs, logits, self.positive_class, self.threshold)
             if self.output_dir is not None:
-                heatmap = self.output_dir / f"{name}_heatmap.png"
-                geojson = self.output_dir / f"{name}.geojson"
+                written = (self.output_dir / f"{name}{sfx}" for sfx in ("_heatmap.png", ".geojson"))
+                heatmap, geojson = written
                 if not (pred.resumed and heatmap.is_file() and geojson.is_file()):
                     if tissue is None:  # the thumbnail is the heatmap's background
                         kw = self.tissue_kwargs
                         tissue = tissue_mask(source, max_side=self.thumbnail_size, **kw)
+                    names = class_names(self.class_names, probs.shape[0])
+                    cls = names[min(self.positive_class, len(names) - 1)]
                     write_heatmap(heatmap, pos_map, tissue, source, net.region_size)
-                    n = probs.shape[0]
-                    cls = class_names(self.class_names, n)[min(self.positive_class, n - 1)]
-                    write_region_geojson(
-                        geojson, pos_map, fractions, source, net.region_size, cls, self.threshold
-                    )
+                    write_region_geojson(geojson, pos_map, fractions, source, net.region_size,
+                                         cls, self.threshold)  # fmt: skip
                 pred.zarr, pred.heatmap, pred.geojson = str(zpath), str(heatmap), str(geojson)
         finally:
             if opened:
@@ -259,12 +258,9 @@ class WholeSlideInferer(Inferer):
 
         def region_mask() -> np.ndarray:
             mask, found["fractions"], found["tissue"] = slide_region_mask(
-                source,
-                net.region_size,
-                min_tissue=self.min_tissue,
-                max_side=self.thumbnail_size,
-                **self.tissue_kwargs,
-            )
+                source, net.region_size, min_tissue=self.min_tissue,
+                max_side=self.thumbnail_size, **self.tissue_kwargs,
+            )  # fmt: skip
             return mask
 
         result = stream_predict(
@@ -277,12 +273,19 @@ class WholeSlideInferer(Inferer):
             transform=self.transform,
             region_mask=region_mask,
             read_workers=self.read_workers,
-            settings=self._settings(source),
+            settings={  # what the stored outputs depend on besides the file and weights
+                "mpp": source.mpp,
+                "slide_mpp": source.slide_mpp,
+                "level": source.level,
+                "min_tissue": self.min_tissue,
+                "transform": describe(self.transform),
+                "tissue": {"max_side": self.thumbnail_size, **self.tissue_kwargs},
+            },  # fmt: skip
             keep_tokens=self.keep_tokens,
         )
         grid = result.grid
         probs = result.region_outputs.T.reshape(-1, grid.rows, grid.cols).numpy()
-        group = None if zpath is None else _group(zpath)
+        group = None if zpath is None else zarr.open_group(str(zpath), mode="r+")
         stored = group is not None and "tissue" in group and result.resumed
         if "fractions" not in found and stored:
             found["fractions"] = np.asarray(group["tissue"][:])
@@ -290,42 +293,7 @@ class WholeSlideInferer(Inferer):
             region_mask()
             stored = False
         if group is not None and not stored:
-            write_slide_attrs(
-                group,
-                found["fractions"],
-                result.logits,
-                source,
-                net.region_size,
-                class_names(self.class_names, len(result.logits)),
-            )
+            names = class_names(self.class_names, len(result.logits))
+            write_slide_attrs(group, found["fractions"], result.logits, source, net.region_size,
+                              names)  # fmt: skip
         return probs, found["fractions"], result.logits, found.get("tissue"), result.resumed
-
-    # ------------------------------------------------------------------------ helpers
-    def _settings(self, source: SlideSource) -> dict[str, Any]:
-        """What the stored outputs depend on besides the slide file and the weights."""
-        return {
-            "mpp": source.mpp,
-            "slide_mpp": source.slide_mpp,
-            "level": source.level,
-            "min_tissue": self.min_tissue,
-            "tissue": {"max_side": self.thumbnail_size, **self.tissue_kwargs},
-            "transform": describe(self.transform),
-        }
-
-
-def _group(zpath: Path) -> Any:
-    import zarr
-
-    return zarr.open_group(str(zpath), mode="r+")
-
-
-def _item(slide: Any) -> InputItem:
-    """An input item of a path, a slide source or a dict item."""
-    label = None
-    if isinstance(slide, Mapping):
-        slide, label = slide.get("image"), slide.get("label")
-    if isinstance(label, Tensor):
-        label = label.item()
-    if isinstance(slide, SlideSource):
-        return InputItem(Path(slide.path), label=label, extra={"source": slide})
-    return InputItem(Path(os.fspath(slide)), label=label)

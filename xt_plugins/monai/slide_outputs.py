@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,6 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..infer.runner import InputItem
 from ..io import SlideSource, boxes_to_geojson, save_heatmap_png
 from ..io.masks import TissueMask
 
@@ -21,6 +24,7 @@ __all__ = [
     "CSV_FIELDS",
     "SlidePrediction",
     "class_names",
+    "slide_item",
     "write_heatmap",
     "write_region_geojson",
     "write_slide_attrs",
@@ -200,3 +204,15 @@ def class_names(names: list[str] | None, n: int) -> list[str]:
     if n == 2:
         return ["normal", "tumor"]
     return [f"class_{k}" for k in range(n)]
+
+
+def slide_item(slide: Any) -> InputItem:
+    """The input item of a slide path, a :class:`~xt_plugins.io.SlideSource` or a dict item."""
+    label = None
+    if isinstance(slide, Mapping):
+        slide, label = slide.get("image"), slide.get("label")
+    if isinstance(label, Tensor):
+        label = label.item()
+    if isinstance(slide, SlideSource):
+        return InputItem(Path(slide.path), label=label, extra={"source": slide})
+    return InputItem(Path(os.fspath(slide)), label=label)

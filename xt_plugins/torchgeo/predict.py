@@ -1,12 +1,9 @@
 """Whole-scene prediction from a trained checkpoint, streamed to GeoTIFF, CSV and GeoJSON.
 
-The TorchGeo side of the inference engine (:mod:`xt_plugins.infer`): the task is rebuilt from
-its Lightning checkpoint (read by :func:`xt_plugins.io.read_checkpoint`: never unpickled),
-dense models (vessel detection, segmentation) run through the engine's overlapping windows
-(:func:`xt_plugins.infer.dense.predict_windows`) into a tiled GeoTIFF in the scene's CRS,
-classification models stream region by region (:func:`xt_plugins.stream_predict`), and
-detections are written in map coordinates. Many scenes go through the engine's runner
-(output naming, ``predictions.csv`` by scene, one line per failing scene).
+The TorchGeo side of the inference engine (:mod:`xt_plugins.infer`): tasks rebuilt from their
+checkpoints (never unpickled), dense models through the engine's overlapping windows into a
+GeoTIFF in the scene's CRS, classification models region by region, detections in map
+coordinates, and many scenes through the engine's runner.
 
 .. versionadded:: 0.1
 """
@@ -163,19 +160,16 @@ def predict_scene(
 ) -> SceneResult:
     """Predict one scene and write its outputs into ``out_dir``.
 
-    Writes ``probabilities.tif`` (scene CRS; transform = scene transform scaled by the
-    output stride: 4 for detection bands centre / vessel / fishing / length_m, 1 for
-    segmentation class probabilities, the region size for classification) and, for detection
-    models, ``detections.csv`` and ``detections.geojson`` in map coordinates. Outputs are
-    written into ``<out_dir>.partial`` and renamed when complete; a failed scene leaves
-    nothing behind.
+    Writes ``probabilities.tif`` (scene CRS; transform = scene transform scaled by the output
+    stride: 4 for detection bands centre / vessel / fishing / length_m, 1 for segmentation,
+    the region size for classification) and, for detection models, ``detections.csv`` and
+    ``detections.geojson`` in map coordinates. A failed scene leaves nothing behind.
 
     Args:
         task: a task from :func:`task_from_checkpoint`.
         scene_dir: the scene folder.
         out_dir: output folder (replaced if it exists).
-        bands: band names (default: VV, VH, then bathymetry, as many as the model's input
-            channels).
+        bands: band names (default: VV, VH, bathymetry, as many as the model takes).
         window_regions: window side in regions (dense models).
         overlap_regions: overlap per side in regions (dense models).
         batch: windows (dense) or regions (classification) per forward pass.
@@ -238,10 +232,9 @@ def predict_scenes(
 ) -> dict[Path, SceneResult | BaseException]:
     """Predict several scenes; a bad scene is reported in one line and the others still run.
 
-    Scene folders are expanded (a folder of scenes lists its scenes) and each scene's outputs
-    go to ``out/<name>/``, ``<name>`` being its path relative to the scenes' common folder
-    (:func:`xt_plugins.infer.runner.output_names`), so same-named scenes of different folders
-    never share an output. ``out/predictions.csv`` gets one row per scene, keyed by its path.
+    Scene folders are expanded (a folder of scenes lists its scenes); each scene's outputs go
+    to ``out/<name>/`` (:func:`xt_plugins.infer.runner.output_names`: same-named scenes of
+    different folders never share one) and ``out/predictions.csv`` gets a row per scene.
 
     Args:
         checkpoint: Lightning checkpoint of a supported task.
