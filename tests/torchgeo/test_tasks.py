@@ -288,3 +288,31 @@ def test_xt_task_loads_a_lightning_checkpoint_path(tmp_path):
     pairs = zip(src.model.state_dict().items(), dst.model.state_dict().values(), strict=True)
     for (name, a), b in pairs:
         assert torch.equal(a, b), name
+
+
+def test_torchgeo_resnet_weights_through_an_xt_name_of_any_timm_backbone(tmp_path, monkeypatch):
+    import timm
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "hub"))
+    tiny = dict(layers=[1, 1, 1, 1])  # a ResNet-50 layout with one block per stage
+    torch.manual_seed(2)
+    plain = timm.create_model("resnet50", in_chans=2, **tiny)  # e.g. SENTINEL1_ALL_MOCO's layout
+    weights = _weights_enum(tmp_path, plain.state_dict(), {"model": "resnet50", "in_chans": 2})
+    from ..conftest import TINY_CONTEXT
+
+    task = XTClassification(
+        model="xt_resnet50_mamba",
+        weights=weights,
+        in_channels=2,
+        region_size=64,
+        model_kwargs=dict(tiny, out_indices=(1, 2, 3, 4), context_kwargs=dict(TINY_CONTEXT)),
+    )
+    enc = task.model.region_encoder
+    assert enc.backbone_name == "resnet50" and enc.reductions == [4, 8, 16, 32]
+    assert torch.equal(enc.backbone.conv1.weight, plain.conv1.weight)
+    assert torch.equal(enc.backbone.layer4[0].conv2.weight, plain.layer4[0].conv2.weight)
+    batch = {"image": torch.randn(2, 2, 64, 128), "label": torch.tensor([0, 1])}
+    loss, changed = _train_step(task, batch)
+    assert torch.isfinite(torch.tensor(loss)) and changed > 0.3
+    with pytest.raises(ValueError, match="not a registered xT model"):
+        XTSemanticSegmentation(backbone="xt_resnet50_mamba")  # smp's tu- needs timm names

@@ -45,6 +45,8 @@ from torchvision.models._api import WeightsEnum
 
 import xt_plugins  # noqa: F401 (registers the xt_* names with timm)
 
+from ..models import create_model
+from ..nn.context import CONTEXT_ENCODERS
 from ..nn.heads import (
     PointDetector,
     decode_detections,
@@ -96,22 +98,34 @@ def xt_model_kwargs(hparams: Mapping[str, Any]) -> dict[str, Any]:
     return {**kwargs, **extra}
 
 
-def xt_model_name(name: str, context: str | None = None) -> str:
-    """The registered xT name for ``name`` (``tu-`` stripped), its context replaced if given.
+def xt_model_name(name: str, context: str | None = None, *, registered: bool = True) -> str:
+    """The xT name for ``name`` (``tu-`` stripped), its context replaced if given.
+
+    Args:
+        name: ``xt_<backbone>_<context>`` (or ``tu-xt_...``).
+        context: a context encoder replacing the name's (None: keep it).
+        registered: only timm-registered names (smp's ``tu-`` encoders need them); with
+            False, ``xt_<any timm model>_<context>`` is accepted too (e.g. ``xt_resnet50_mamba``
+            for TorchGeo's ResNet-50 weights), built by :func:`xt_plugins.create_model`.
 
     Raises:
-        ValueError: if the result is not a registered ``xt_<backbone>_<context>`` name.
+        ValueError: if the result is not such a name.
     """
     bare = name.removeprefix("tu-")
     if context is not None:
         backbone = bare.removeprefix("xt_").rpartition("_")[0] or bare
         bare = f"xt_{backbone}_{context}"
-    if bare not in timm.list_models("xt_*"):
-        raise ValueError(
-            f"{bare!r} is not a registered xT model; use xt_<backbone>_<context> "
-            f"(`xt-plugins models` lists them), e.g. xt_swinv2_tiny_mamba"
-        )
-    return bare
+    if bare in timm.list_models("xt_*"):
+        return bare
+    backbone, _, ctx = bare.removeprefix("xt_").rpartition("_")
+    if not registered and bare.startswith("xt_") and ctx in CONTEXT_ENCODERS:
+        if timm.is_model(backbone):
+            return bare
+    raise ValueError(
+        f"{bare!r} is not a registered xT model; use xt_<backbone>_<context> "
+        f"(`xt-plugins models` lists them), e.g. xt_swinv2_tiny_mamba"
+        + ("" if registered else ", or xt_<timm model>_<context>")
+    )
 
 
 def _xt_inside(model: nn.Module) -> XTModel:
@@ -253,15 +267,20 @@ class XTTaskOptions(HyperparametersMixin):
         super().__init__(**kwargs)
 
     def create_xt_model(self, name: str, num_classes: int) -> XTModel:
-        """The task's xT model from its hyperparameters (``weights`` loaded)."""
+        """The task's xT model from its hyperparameters (``weights`` loaded).
+
+        A registered name is built by ``timm.create_model``; ``xt_<timm model>_<context>``
+        by :func:`xt_plugins.create_model` (the same model for registered names).
+        """
         hp = self.hparams
-        model = timm.create_model(
-            xt_model_name(name, hp["context"]),
-            num_classes=num_classes,
-            in_chans=hp["in_channels"],
-            pretrained=self.weights is True,
-            **xt_model_kwargs(hp),
-        )
+        full = xt_model_name(name, hp["context"], registered=False)
+        kwargs = dict(num_classes=num_classes, in_chans=hp["in_channels"], **xt_model_kwargs(hp))
+        if full in timm.list_models("xt_*"):
+            model = timm.create_model(full, pretrained=self.weights is True, **kwargs)
+        else:
+            backbone, _, context = full.removeprefix("xt_").rpartition("_")
+            pretrained = True if self.weights is True else None
+            model = create_model(backbone, context, pretrained_region=pretrained, **kwargs)
         load_task_weights(model, self.weights, name)
         return model
 
@@ -288,7 +307,8 @@ class XTClassification(XTTaskOptions, Classification):
     below differ) and the xT options of :class:`XTTaskOptions`.
 
     Args:
-        model: registered xT model name.
+        model: ``xt_<backbone>_<context>``: a registered xT name, or any timm model as the
+            region encoder (``xt_resnet50_mamba`` for TorchGeo's ResNet-50 weights).
         in_channels: input channels (2 for VV + VH).
         task: ``binary``, ``multiclass`` or ``multilabel``.
         loss: ``ce``, ``bce``, ``jaccard``, ``focal`` or ``dice``.
@@ -397,7 +417,8 @@ class XTVesselDetection(XTTaskOptions, BaseTask):
     ``task="detection"`` and ``target_stride == out_stride``.
 
     Args:
-        model: registered xT model name (the encoder; its classifier is dropped).
+        model: ``xt_<backbone>_<context>`` (the encoder; its classifier is dropped): a
+            registered xT name, or any timm model as the region encoder.
         weights: True for the region encoder's timm weights, a TorchGeo ``WeightsEnum``
             member or name, or a checkpoint path (see :func:`load_task_weights`).
         in_channels: input channels (VV, VH, ...).
