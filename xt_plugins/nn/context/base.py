@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.compiler import is_exporting
 from torch.utils.checkpoint import checkpoint
 
 __all__ = [
@@ -203,9 +204,10 @@ class ContextEncoder(nn.Module):
         """Run ``layer(*args)``, checkpointed when :attr:`grad_checkpointing` is on.
 
         Checkpointing applies only while autograd records; the RNG state is restored for the
-        recomputation.
+        recomputation. ``torch.compile`` traces the checkpoint; ``torch.export``, which cannot,
+        runs the layer plainly (same result, an exported graph is not trained through).
         """
-        if self.grad_checkpointing and torch.is_grad_enabled():
+        if self.grad_checkpointing and torch.is_grad_enabled() and not is_exporting():
             return checkpoint(layer, *args, use_reentrant=False)
         return layer(*args)
 
