@@ -163,3 +163,96 @@ def test_classification_checkpoint_writes_region_map(sar_root, tmp_path):
         probs = ds.read(1)
     assert np.nanmin(probs) >= 0 and np.nanmax(probs) <= 1
     assert (tmp_path / "cls" / "scene.csv").read_text().startswith("scene_id,class_0")
+
+
+def _schema_check(collection):
+    jsonschema = pytest.importorskip("jsonschema")
+    from pathlib import Path
+
+    schema = json.loads(
+        (Path(__file__).parents[1] / "io" / "qupath_geojson.schema.json").read_text()
+    )
+    jsonschema.validate(collection, schema, cls=jsonschema.Draft202012Validator)
+
+
+def test_outputs_are_cogs_uint8_on_request_and_blended(sar_root, tmp_path):
+    from rio_cogeo.cogeo import cog_validate
+
+    task = XTSemanticSegmentation(
+        backbone="xt_swinv2_tiny_txl", num_classes=3, region_size=64, model_kwargs=TINY_SWIN
+    )
+    task = task_from_checkpoint(_save(task, tmp_path / "seg.ckpt"), "cpu")
+    kw = dict(window_regions=4, progress=False)
+    res = predict_scene(task, sar_root / "scene_000", tmp_path / "f32", **kw)
+    valid, errors, _ = cog_validate(str(res.probabilities), quiet=True)
+    assert valid and not errors
+    with rasterio.open(res.probabilities) as ds:
+        assert ds.overviews(1) == [2]  # 600 x 500 in 512-px tiles: one overview level
+        full = ds.read()
+        over = ds.read(1, out_shape=(250, 300))  # served from the overview
+    assert np.nanmax(np.abs(over - np.nanmean(full[0].reshape(250, 2, 300, 2), (1, 3)))) < 1e-5
+    q = predict_scene(task, sar_root / "scene_000", tmp_path / "u8", uint8=True, **kw)
+    assert cog_validate(str(q.probabilities), quiet=True)[0]
+    with rasterio.open(q.probabilities) as ds:
+        assert ds.dtypes[0] == "uint8" and ds.nodata == 255
+        back = ds.read(masked=True).astype(np.float32) * ds.scales[0]
+    ok = np.isfinite(full)
+    assert np.abs(back.filled(np.nan)[ok] - full[ok]).max() <= 1 / 508 + 1e-6
+    b = predict_scene(task, sar_root / "scene_000", tmp_path / "blend", blend="cosine", **kw)
+    with rasterio.open(b.probabilities) as ds:
+        blended = ds.read()
+    assert np.array_equal(np.isfinite(blended), ok)  # same nodata, different weights
+    np.testing.assert_allclose(blended[:, ok[0]].sum(0), 1.0, atol=1e-4)
+
+
+def test_detections_at_pixel_centres_as_qupath_geojson(sar_root, tmp_path):
+    gpd = pytest.importorskip("geopandas")
+    torch.manual_seed(0)
+    task = XTVesselDetection(**{**TINY_DETECTOR, "model": "xt_swinv2_tiny_none"})
+    task = task_from_checkpoint(_save(task, tmp_path / "det.ckpt"), "cpu")
+    res = predict_scene(task, sar_root / "scene_001", tmp_path / "out", threshold=0.0,
+                        progress=False)  # fmt: skip
+    df, scene = res.detections, SARScene(sar_root / "scene_001")
+    assert len(df) > 0 and set(df.position) == {"pixel_centre"}
+    assert set(df.coordinates) == {scene.crs.to_string()}
+    t = scene.transform  # the centre of pixel (row, col), exactly
+    np.testing.assert_allclose(df.detect_x, t.c + t.a * (df.detect_scene_column + 0.5))
+    np.testing.assert_allclose(df.detect_y, t.f + t.e * (df.detect_scene_row + 0.5))
+    gj = json.loads((res.out_dir / "detections.geojson").read_text())
+    _schema_check(gj)
+    props = gj["features"][0]["properties"]
+    assert props["objectType"] == "detection" and "score" in props["measurements"]
+    assert props["classification"]["name"] in ("vessel", "fishing vessel", "non-vessel")
+    assert gj["metadata"]["position"] == "pixel_centre"
+    gdf = gpd.read_file(res.out_dir / "detections.geojson")
+    assert len(gdf) == len(df) and gdf.crs.to_epsg() == 32631
+
+
+def test_scene_without_crs_warns_once_and_uses_pixel_coordinates(sar_root, tmp_path, caplog):
+    scene_dir = tmp_path / "nocrs"
+    scene_dir.mkdir()
+    for src in (sar_root / "scene_001").iterdir():
+        if src.suffix != ".tif":
+            shutil.copy(src, scene_dir / src.name)
+            continue
+        with rasterio.open(src) as ds:
+            profile, data = ds.profile, ds.read()
+        profile.update(crs=None)
+        with rasterio.open(scene_dir / src.name, "w", **profile) as dst:
+            dst.write(data)
+    torch.manual_seed(0)
+    task = XTVesselDetection(**{**TINY_DETECTOR, "model": "xt_swinv2_tiny_none"})
+    task = task_from_checkpoint(_save(task, tmp_path / "det.ckpt"), "cpu")
+    with caplog.at_level("WARNING", logger="xt_plugins"):
+        res = predict_scene(task, scene_dir, tmp_path / "out", threshold=0.0, progress=False)
+    lines = [r.getMessage() for r in caplog.records if "no CRS" in r.getMessage()]
+    assert len(lines) == 1 and "nocrs" in lines[0] and "\n" not in lines[0]
+    df = res.detections
+    assert len(df) > 0 and set(df.coordinates) == {"pixel"}
+    np.testing.assert_array_equal(df.detect_x, df.detect_scene_column + 0.5)
+    np.testing.assert_array_equal(df.detect_y, df.detect_scene_row + 0.5)
+    gj = json.loads((res.out_dir / "detections.geojson").read_text())
+    assert "crs" not in gj and gj["metadata"]["coordinates"] == "pixel"
+    _schema_check(gj)
+    with rasterio.open(res.probabilities) as ds:
+        assert ds.crs is None

@@ -38,6 +38,7 @@ from torch import Tensor
 from ..nn.tokenize import RegionGrid
 from ..nn.xt import XTModel
 from .identity import array_digest, describe, jsonable, source_identity, weights_digest
+from .precision import check_precision, check_tta, run_model
 from .store import DONE, TODO, RunStore, StoreError, _hint
 
 __all__ = ["StreamResult", "stream_predict", "stream_forward", "cell_counts", "as_source"]
@@ -258,6 +259,8 @@ def stream_predict(
     device: torch.device | str | None = None,
     settings: Mapping[str, Any] | None = None,
     keep_tokens: bool = True,
+    precision: str = "32",
+    tta: str | None = None,
 ) -> StreamResult:
     """Predict on an image of any size at bounded memory, region batch by region batch.
 
@@ -291,13 +294,20 @@ def stream_predict(
         settings: more plain values the outputs depend on (recorded in the run's identity).
         keep_tokens: keep the per-region tokens in ``out`` once finished (False drops them;
             a finished run is then answered from its stored maps).
+        precision: ``"32"``, ``"bf16"`` or ``"16"`` (CUDA only): autocast of the region
+            encoder (:mod:`xt_plugins.infer.precision`); tokens are stored and the context
+            and heads run in float32. Part of the run's identity.
+        tta: None or ``"flips"``: each region batch is encoded as it is and flipped
+            left-right, up-down and both, the last-stage maps flipped back and averaged
+            (4x the region-encoder compute). Part of the run's identity.
 
     Returns:
         A :class:`StreamResult`.
 
     Raises:
-        ValueError: if the image's band count differs from the model's ``in_chans``, or the
-            region mask leaves no region (both before anything is written).
+        ValueError: if the image's band count differs from the model's ``in_chans``, the
+            region mask leaves no region, or ``precision`` / ``tta`` is unknown or float16 is
+            asked for on a CPU (all before anything is written).
         xt_plugins.infer.StoreError: if ``out`` is not a usable run store.
     """
     from tqdm.auto import tqdm
@@ -311,6 +321,8 @@ def stream_predict(
     lazy_mask = callable(region_mask)  # computed only if regions must be encoded
     allowed = None if lazy_mask else _region_mask(region_mask, grid, name)
     device = torch.device(device) if device is not None else next(model.parameters()).device
+    precision, tta = check_precision(precision, device), check_tta(tta)
+    settings = {**dict(settings or {}), "precision": precision, "tta": tta}
     k2 = model.tokens_per_side**2
     layout = dict(num_regions=grid.num_regions, tokens=k2, channels=model.num_features)
     store = None
@@ -353,6 +365,8 @@ def stream_predict(
                         read_workers,
                         prefetch,
                         bar,
+                        precision,
+                        tta,
                     )
                 finally:
                     bar.close()
@@ -420,6 +434,8 @@ def _encode(
     read_workers: int,
     prefetch: int,
     bar: Any,
+    precision: str = "32",
+    tta: str | None = None,
 ) -> int:
     """Encode the ``todo`` regions into the store; returns how many were encoded."""
     encoded = 0
@@ -432,7 +448,7 @@ def _encode(
             if transform is not None:
                 x = transform(x)
             idx = torch.as_tensor(kept, device=device)
-            last = model.region_encoder(x)[-1]
+            last = run_model(lambda z: model.region_encoder(z)[-1], x, precision, tta).float()
             tokens, region_sum = _summarize(model, last, _valid_token_extent(model, grid, idx))
             store.put(np.asarray(kept), tokens.float().cpu(), region_sum.float().cpu())
             encoded += len(kept)

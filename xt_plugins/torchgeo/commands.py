@@ -48,11 +48,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser(
         "predict-scene",
-        help="predict whole SAR scenes with a trained checkpoint (GeoTIFF + CSV + GeoJSON)",
+        help="predict whole SAR scenes with a trained checkpoint (COG + CSV + GeoJSON)",
         description="Stream each scene through the model window by window and write "
-        "OUT/<scene>/probabilities.tif (scene CRS) and, for vessel detection, "
-        "detections.csv and detections.geojson in map coordinates. A bad scene is reported "
-        "and skipped; the exit code is 0 when at least one scene succeeded.",
+        "OUT/<scene>/probabilities.tif (a Cloud-Optimized GeoTIFF in the scene CRS) and, for "
+        "vessel detection, detections.csv and detections.geojson (QuPath detections) at pixel "
+        "centres in map coordinates (pixel coordinates, with a warning, without a CRS). "
+        "A bad scene is reported and skipped; the exit code is 0 when at least one scene "
+        "succeeded.",
     )
     p.add_argument("checkpoint", help="Lightning checkpoint (.ckpt) from torchgeo fit")
     p.add_argument("scenes", nargs="+", metavar="SCENE_DIR", help="scene folder(s)")
@@ -80,6 +82,27 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--bands", nargs="+", default=None, help="band names (default: VV VH [bathymetry])"
+    )
+    p.add_argument(
+        "--blend",
+        choices=["none", "cosine", "hann"],
+        default="none",
+        help="dense windows: none (hard centre crops, default) or cosine/hann (overlaps "
+        "averaged with Hann-tapered weights: no seams)",
+    )
+    p.add_argument(
+        "--precision",
+        choices=["32", "bf16", "16"],
+        default="32",
+        help="autocast: 32 (default), bf16 (CPU or CUDA), 16 (CUDA only)",
+    )
+    p.add_argument(
+        "--tta", choices=["none", "flips"], default="none", help="test-time flips (4x compute)"
+    )
+    p.add_argument(
+        "--uint8",
+        action="store_true",
+        help="store probabilities as uint8 (scale 1/254, nodata 255; length in length_m.tif)",
     )
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -119,6 +142,10 @@ def _predict_scene(args: argparse.Namespace) -> int:
         batch=args.batch,
         threshold=args.threshold,
         bands=args.bands,
+        blend=args.blend,
+        precision=args.precision,
+        tta=args.tta,
+        uint8=args.uint8,
         progress=not args.quiet,
         skip_errors=not args.debug,  # --debug: the first error raises with its traceback
     )

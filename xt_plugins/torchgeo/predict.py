@@ -10,24 +10,34 @@ coordinates, and many scenes through the engine's runner.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import torch
+from rasterio._err import CPLE_BaseError
+from rasterio.errors import RasterioError
 from torch import nn
 
-from xt_plugins.infer.dense import WindowPlan, predict_windows
-from xt_plugins.infer.runner import PredictionTable, atomic_dir, expand_inputs, run_inputs
-from xt_plugins.io import GeoTiffWriter, ImageReadError
+from xt_plugins.infer.dense import check_blend
+from xt_plugins.infer.precision import check_precision, check_tta
+from xt_plugins.infer.runner import (
+    PredictionTable,
+    atomic_dir,
+    expand_inputs,
+    run_inputs,
+    unwritable_reason,
+)
+from xt_plugins.io import ImageReadError
 
 from .checkpoints import CheckpointError, load_checkpoint, task_from_checkpoint, task_kind, xt_model
 from .datamodules import SARScene, SARSceneError, find_scenes
-from .scene_outputs import detection_table, stream_region_map, write_detections
+from .scene_outputs import stream_dense, stream_region_map, warn_if_no_crs, write_detections
 
 __all__ = [
     "CheckpointError",
@@ -40,8 +50,13 @@ __all__ = [
 ]
 
 #: Errors that make predict-scene skip a scene (and go on with the others).
-SCENE_ERRORS: tuple[type[BaseException], ...] = (SARSceneError, ImageReadError, OSError, ValueError)
-DETECTION_BANDS = ("centre", "vessel", "fishing", "length_m")
+WRITE_ERRORS = (RasterioError, CPLE_BaseError, OSError)
+SCENE_ERRORS: tuple[type[BaseException], ...] = (
+    SARSceneError,
+    ImageReadError,
+    ValueError,
+    *WRITE_ERRORS,
+)
 #: Columns of ``predictions.csv`` of predict-scene (one row per scene, keyed by ``path``).
 SCENE_FIELDS = ("scene", "path", "status", "out_dir", "detections", "seconds", "error")
 
@@ -67,84 +82,6 @@ class SceneResult:
     seconds: float = 0.0
 
 
-# ---------------------------------------------------------------------------- dense pass
-def _dense_outputs(task: nn.Module, kind: str, x: torch.Tensor) -> tuple[torch.Tensor, Any]:
-    """Probabilities (B, C, h, w) and the raw outputs of a batch of windows.
-
-    Detection channels: centre, vessel, fishing probabilities and length in metres.
-    """
-    out = task(x)
-    if kind == "detection":
-        probs = torch.cat(
-            [
-                out["heatmap"].sigmoid(),
-                out["vessel"].sigmoid(),
-                out["fishing"].sigmoid(),
-                out["length"].clamp(-10, 10).exp(),
-            ],
-            dim=1,
-        )
-        return probs, out
-    return (out.sigmoid() if out.shape[1] == 1 else out.softmax(dim=1)), out
-
-
-def _stream_dense(
-    task: nn.Module,
-    kind: str,
-    scene: SARScene,
-    out_dir: Path,
-    *,
-    window_regions: int,
-    overlap_regions: int,
-    batch: int,
-    threshold: float,
-    progress: bool,
-) -> tuple[Path, pd.DataFrame]:
-    """Dense outputs of a scene into ``probabilities.tif``; detections as a table."""
-    from affine import Affine
-
-    from .tasks import decode_detections
-
-    stride = int(task.hparams["out_stride"]) if kind == "detection" else 1
-    plan = WindowPlan(xt_model(task).region_size, window_regions, overlap_regions, stride)
-    if kind == "detection":
-        names = list(DETECTION_BANDS)
-    else:
-        names = [f"class_{i}" for i in range(int(task.hparams["num_classes"] or 1))]
-    device = next(task.parameters()).device
-    detect = None
-    if kind == "detection":
-        kernel = int(task.hparams["nms_kernel"])
-
-        def detect(raw: Any, valid: torch.Tensor) -> list:
-            ones = torch.ones(valid.shape[0])
-            return decode_detections(raw, stride, ones, threshold, kernel, valid)
-
-    path = out_dir / "probabilities.tif"
-    with GeoTiffWriter(
-        path,
-        (len(names), *plan.output_shape(scene.height, scene.width)),
-        "float32",
-        crs=scene.crs,
-        transform=scene.transform @ Affine.scale(stride),
-        nodata=float("nan"),
-        descriptions=names,
-    ) as writer:
-        rows = predict_windows(
-            scene,
-            plan,
-            lambda x: _dense_outputs(task, kind, x),
-            writer,
-            channels=len(names),
-            detect_fn=detect,
-            batch=batch,
-            device=device,
-            progress=progress,
-            name=scene.name,
-        )
-    return path, detection_table(rows, scene)
-
-
 # ---------------------------------------------------------------------------- API
 def predict_scene(
     task: nn.Module,
@@ -157,13 +94,19 @@ def predict_scene(
     batch: int = 1,
     threshold: float | None = None,
     progress: bool = True,
+    blend: str | None = None,
+    precision: str = "32",
+    tta: str | None = None,
+    uint8: bool = False,
 ) -> SceneResult:
     """Predict one scene and write its outputs into ``out_dir``.
 
-    Writes ``probabilities.tif`` (scene CRS; transform = scene transform scaled by the output
-    stride: 4 for detection bands centre / vessel / fishing / length_m, 1 for segmentation,
-    the region size for classification) and, for detection models, ``detections.csv`` and
-    ``detections.geojson`` in map coordinates. A failed scene leaves nothing behind.
+    Writes ``probabilities.tif``, a Cloud-Optimized GeoTIFF (scene CRS; transform = scene
+    transform scaled by the output stride: 4 for detection bands centre / vessel / fishing /
+    length_m, 1 for segmentation, the region size for classification) and, for detection
+    models, ``detections.csv`` and ``detections.geojson`` (QuPath detections) at pixel centres
+    in map coordinates (:mod:`~xt_plugins.torchgeo.scene_outputs`; a scene without a CRS gets
+    one warning line and pixel coordinates). A failed scene leaves nothing behind.
 
     Args:
         task: a task from :func:`task_from_checkpoint`.
@@ -175,37 +118,46 @@ def predict_scene(
         batch: windows (dense) or regions (classification) per forward pass.
         threshold: centre probability of a detection (default: the task's score_threshold).
         progress: show a progress bar.
+        blend: None (hard centre crops) or ``"hann"`` / ``"cosine"``: overlapping window
+            outputs averaged with Hann-tapered weights (:mod:`xt_plugins.infer.dense`).
+        precision: ``"32"``, ``"bf16"`` or ``"16"`` (CUDA) autocast
+            (:mod:`xt_plugins.infer.precision`).
+        tta: None or ``"flips"``: outputs averaged over the four flips of each window/region.
+        uint8: store probabilities as uint8 (scale 1/254, nodata 255; a detector's length
+            band then goes to ``length_m.tif``, float32).
 
     Returns:
         A :class:`SceneResult`.
+
+    .. versionchanged:: 0.2
+       COG output, ``blend``, ``precision``, ``tta``, ``uint8``; detections at pixel centres.
     """
     start = time.perf_counter()
     in_chans = xt_model(task).in_chans
     bands = tuple(bands or ("VV", "VH", "bathymetry")[:in_chans])
     if len(bands) != in_chans:
         raise ValueError(f"the model takes {in_chans} input channels, got bands {list(bands)}")
+    device = next(task.parameters()).device
+    modes = dict(precision=check_precision(precision, device), tta=check_tta(tta), quantize=uint8)
+    blend = check_blend(blend)
     out = Path(out_dir)
     with atomic_dir(out) as partial:
         scene = SARScene(scene_dir, bands)
+        warn_if_no_crs(scene)
         kind = task_kind(task)
         detections = pd.DataFrame()
         names = ["probabilities.tif"]
         if kind == "classification":
-            stream_region_map(task, scene, partial, batch * 4, progress)
+            stream_region_map(task, scene, partial, batch * 4, progress, **modes)
             names.append("scene.csv")
         else:
             thr = threshold if threshold is not None else task.hparams.get("score_threshold", 0.3)
-            _, detections = _stream_dense(
-                task,
-                kind,
-                scene,
-                partial,
-                window_regions=window_regions,
-                overlap_regions=overlap_regions,
-                batch=batch,
-                threshold=float(thr),
-                progress=progress,
-            )
+            paths, detections = stream_dense(
+                task, kind, scene, partial, window_regions=window_regions,
+                overlap_regions=overlap_regions, batch=batch, threshold=float(thr),
+                progress=progress, blend=blend, **modes,
+            )  # fmt: skip
+            names += [p.name for p in paths[1:]]
             if kind == "detection":
                 write_detections(detections, scene, partial)
                 names += ["detections.csv", "detections.geojson"]
@@ -259,8 +211,12 @@ def predict_scenes(
     results: dict[Path, SceneResult | BaseException] = {}
 
     def predict(item: Any) -> SceneResult:
-        with Env(CPL_LOG="/dev/null"):  # GDAL's own error lines: the one-line report says it
-            return predict_scene(task, item.path, out / item.name, **kwargs)
+        try:  # GDAL's own error lines: the one-line report says it
+            with Env(CPL_LOG="/dev/null"), _quiet("rasterio"):
+                return predict_scene(task, item.path, out / item.name, **kwargs)
+        except WRITE_ERRORS as err:
+            reason = unwritable_reason(out)
+            raise OSError(f"{item.path}: {reason}" if reason else str(err)) from err
 
     def row(outcome: Any) -> dict[str, Any]:
         res = outcome.result
@@ -288,6 +244,17 @@ def predict_scenes(
     errors = SCENE_ERRORS if skip_errors else ()
     run_inputs(items, predict, row=row, table=table, report=tell, errors=errors)
     return results
+
+
+@contextmanager
+def _quiet(logger_name: str) -> Iterator[None]:
+    """Silence a library's logger (its errors become exceptions reported in one line)."""
+    log = logging.getLogger(logger_name)
+    level, log.level = log.level, logging.CRITICAL
+    try:
+        yield
+    finally:
+        log.setLevel(level)
 
 
 def _is_scene(path: Path) -> bool:
