@@ -25,44 +25,34 @@ imported (``xt-plugins torchgeo fit`` imports it for any config).
 from __future__ import annotations
 
 import math
-import os
-import tempfile
-import warnings
 from collections.abc import Mapping
 from typing import Any, Literal
 
 import segmentation_models_pytorch as smp
-import timm
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.core.mixins import HyperparametersMixin
-from torch import Tensor, nn
-from torch.optim import AdamW
-from torch.optim.lr_scheduler import ReduceLROnPlateau
+from torch import Tensor
 from torchgeo.tasks import BaseTask, Classification, SemanticSegmentation
-from torchgeo.tasks import utils as tg_utils
 from torchvision.models._api import WeightsEnum
 
 import xt_plugins  # noqa: F401 (registers the xt_* names with timm)
 
-from ..models import create_model
-from ..nn.context import CONTEXT_ENCODERS
 from ..nn.heads import (
     PointDetector,
     decode_detections,
     ground_truth_detections,
     heatmap_focal_loss,
 )
-from ..nn.optim import weight_decay_groups
-from ..nn.options import XT_OPTIONS
-from ..nn.xt import XTModel
 from .metrics import MATCH_DISTANCE_M, SHORE_DISTANCE_KM, XView3Metric
+from .weights import as_weights_enum, load_task_weights
+from .xt_task import TASK_OPTIONS, XTTaskOptions, xt_model_kwargs, xt_model_name
 
 __all__ = [
     "XTClassification",
     "XTSemanticSegmentation",
     "XTTaskOptions",
     "XTVesselDetection",
+    "TASK_OPTIONS",
     "decode_detections",
     "ground_truth_detections",
     "load_task_weights",
@@ -77,227 +67,6 @@ SMP_ARCHITECTURES: dict[str, str] = {
     "upernet": "UPerNet",
     "segformer": "Segformer",
 }
-#: The xT options a task takes as its own arguments (the rest go through ``model_kwargs``).
-TASK_OPTIONS: tuple[str, ...] = (
-    "region_size",
-    "context_pool",
-    "grad_ratio",
-    "region_chunk",
-    "checkpoint_regions",
-)
-_D = {name: XT_OPTIONS[name].default for name in TASK_OPTIONS}
-
-
-def xt_model_kwargs(hparams: Mapping[str, Any]) -> dict[str, Any]:
-    """The xT options of a task's hyperparameters as ``timm.create_model`` kwargs."""
-    kwargs: dict[str, Any] = {name: hparams[name] for name in TASK_OPTIONS}
-    extra = dict(hparams.get("model_kwargs") or {})
-    clash = sorted(set(extra) & (set(kwargs) | {"num_classes", "in_chans", "pretrained"}))
-    if clash:
-        raise ValueError(f"model_kwargs {clash} are task arguments; set them on the task instead")
-    return {**kwargs, **extra}
-
-
-def xt_model_name(name: str, context: str | None = None, *, registered: bool = True) -> str:
-    """The xT name for ``name`` (``tu-`` stripped), its context replaced if given.
-
-    Args:
-        name: ``xt_<backbone>_<context>`` (or ``tu-xt_...``).
-        context: a context encoder replacing the name's (None: keep it).
-        registered: only timm-registered names (smp's ``tu-`` encoders need them); with
-            False, ``xt_<any timm model>_<context>`` is accepted too (e.g. ``xt_resnet50_mamba``
-            for TorchGeo's ResNet-50 weights), built by :func:`xt_plugins.create_model`.
-
-    Raises:
-        ValueError: if the result is not such a name.
-    """
-    bare = name.removeprefix("tu-")
-    if context is not None:
-        backbone = bare.removeprefix("xt_").rpartition("_")[0] or bare
-        bare = f"xt_{backbone}_{context}"
-    if bare in timm.list_models("xt_*"):
-        return bare
-    backbone, _, ctx = bare.removeprefix("xt_").rpartition("_")
-    if not registered and bare.startswith("xt_") and ctx in CONTEXT_ENCODERS:
-        if timm.is_model(backbone):
-            return bare
-    raise ValueError(
-        f"{bare!r} is not a registered xT model; use xt_<backbone>_<context> "
-        f"(`xt-plugins models` lists them), e.g. xt_swinv2_tiny_mamba"
-        + ("" if registered else ", or xt_<timm model>_<context>")
-    )
-
-
-def _xt_inside(model: nn.Module) -> XTModel:
-    """The :class:`XTModel` inside a task's model (itself, an smp encoder, a detector)."""
-    found = next((m for m in model.modules() if isinstance(m, XTModel)), None)
-    if found is None:
-        raise TypeError(f"{type(model).__name__} holds no XTModel")
-    return found
-
-
-def _weights_enum(weights: Any) -> WeightsEnum | None:
-    """``weights`` as a TorchGeo ``WeightsEnum`` member (also from its name), else None."""
-    if isinstance(weights, WeightsEnum):
-        return weights
-    if isinstance(weights, str) and not os.path.exists(weights) and "." in weights:
-        from torchgeo.models import get_weight
-
-        try:
-            return get_weight(weights)
-        except (KeyError, ValueError):
-            return None
-    return None
-
-
-def _normalisation(transforms: Any) -> tuple[list[float], list[float]] | None:
-    """Mean and std of the first ``Normalize`` in a weights' transforms (kornia or torch)."""
-    modules = transforms.modules() if isinstance(transforms, nn.Module) else []
-    for m in modules:
-        flags = getattr(m, "flags", {})
-        mean, std = flags.get("mean", getattr(m, "mean", None)), flags.get("std", None)
-        std = getattr(m, "std", None) if std is None else std
-        if type(m).__name__ == "Normalize" and mean is not None and std is not None:
-            as_list = lambda v: torch.as_tensor(v).flatten().tolist()  # noqa: E731
-            return as_list(mean), as_list(std)
-    return None
-
-
-def load_task_weights(model: nn.Module, weights: Any, model_name: str) -> None:
-    """Load TorchGeo-style ``weights`` into a task's model.
-
-    Args:
-        model: the task's model (an :class:`XTModel`, an smp model on an xT encoder, or a
-            detector around one).
-        weights: None / False (random), True (already loaded by timm), a ``WeightsEnum``
-            member or its name (``"ResNet50_Weights.SENTINEL1_ALL_MOCO"``: loaded into the
-            region encoder; the mean / std of its transforms' ``Normalize`` become the region
-            encoder's ``mean`` / ``std`` and the ``pretrained_cfg``'s), or a Lightning
-            checkpoint / state-dict path.
-        model_name: the task's model name (for error messages).
-
-    Raises:
-        ValueError: if the weights are for another backbone than the region encoder, or
-            ``weights`` is neither of the above.
-
-    .. versionadded:: 0.2
-    """
-    if not weights or weights is True:
-        return
-    enum = _weights_enum(weights)
-    if enum is not None:
-        _load_weights_enum(_xt_inside(model), enum, model_name)
-        return
-    if not isinstance(weights, str | os.PathLike) or not os.path.exists(weights):
-        raise ValueError(
-            f"weights={weights!r}: xT tasks take True (timm weights of the region encoder), "
-            "a TorchGeo WeightsEnum member or name, or the path of a saved checkpoint"
-        )
-    _, state_dict = tg_utils.extract_backbone(str(weights))
-    tg_utils.load_state_dict(model, state_dict)
-
-
-def _load_weights_enum(xt: XTModel, weights: WeightsEnum, model_name: str) -> None:
-    from ..nn import load_region_weights
-
-    meta = dict(weights.meta)
-    ours = xt.region_encoder.backbone_name
-    theirs = meta.get("model")
-    if theirs is not None and str(theirs).partition(".")[0] != ours.partition(".")[0]:
-        raise ValueError(
-            f"weights {weights!r} are for a {theirs!r} backbone but {model_name!r} has the "
-            f"region encoder {ours!r}; pick an xT model whose region encoder is {theirs!r}"
-        )
-    in_chans = meta.get("in_chans")
-    if in_chans is not None and in_chans != xt.in_chans:
-        warnings.warn(
-            f"weights {weights!r} have {in_chans} input channels, the model {xt.in_chans}: "
-            "the stem is adapted (timm's adapt_input_conv)",
-            stacklevel=3,
-        )
-    state = weights.get_state_dict(progress=False, weights_only=True)
-    from safetensors.torch import save_file
-
-    with tempfile.TemporaryDirectory() as tmp:  # the region loader reads files
-        path = os.path.join(tmp, "weights.safetensors")
-        save_file({k: v.contiguous() for k, v in state.items()}, path)
-        load_region_weights(xt.region_encoder.backbone, path)
-    stats = _normalisation(weights.transforms)
-    if stats is not None:  # the input statistics the weights were trained with, per band
-        mean, std = (tuple(v * xt.in_chans if len(v) == 1 else v) for v in stats)
-        encoder = xt.region_encoder
-        if hasattr(encoder, "mean"):
-            encoder.mean, encoder.std = mean, std
-        for holder in (encoder, xt):
-            if isinstance(getattr(holder, "pretrained_cfg", None), dict):
-                holder.pretrained_cfg = {**holder.pretrained_cfg, "mean": mean, "std": std}
-
-
-class XTTaskOptions(HyperparametersMixin):
-    """The xT options of the TorchGeo tasks, declared once (a mixin placed before the task).
-
-    Args:
-        region_size: xT region side in pixels.
-        context: context encoder (``none``, ``txl``, ``hyper``, ``mamba``) replacing the one
-            in the model name (None: keep it).
-        context_pool: pool each region to ``k x k`` context tokens (None: all tokens).
-        grad_ratio: fraction of regions whose region-encoder pass keeps gradients.
-        region_chunk: encode at most this many regions at a time.
-        checkpoint_regions: activation checkpointing of the region encoder.
-        model_kwargs: more options for :func:`xt_plugins.create_model` (``context_kwargs``,
-            ``context_dim``, ``checkpoint_context``, ``drop_rate``, backbone options such as
-            ``embed_dim``, ``depths``); see :data:`xt_plugins.nn.options.XT_OPTIONS`.
-        **kwargs: the task's own arguments (forwarded).
-
-    .. versionadded:: 0.2
-    """
-
-    def __init__(
-        self,
-        *,
-        region_size: int = _D["region_size"],
-        context: str | None = None,
-        context_pool: int | None = _D["context_pool"],
-        grad_ratio: float = _D["grad_ratio"],
-        region_chunk: int | None = _D["region_chunk"],
-        checkpoint_regions: bool = _D["checkpoint_regions"],
-        model_kwargs: dict[str, Any] | None = None,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(**kwargs)
-
-    def create_xt_model(self, name: str, num_classes: int) -> XTModel:
-        """The task's xT model from its hyperparameters (``weights`` loaded).
-
-        A registered name is built by ``timm.create_model``; ``xt_<timm model>_<context>``
-        by :func:`xt_plugins.create_model` (the same model for registered names).
-        """
-        hp = self.hparams
-        full = xt_model_name(name, hp["context"], registered=False)
-        kwargs = dict(num_classes=num_classes, in_chans=hp["in_channels"], **xt_model_kwargs(hp))
-        if full in timm.list_models("xt_*"):
-            model = timm.create_model(full, pretrained=self.weights is True, **kwargs)
-        else:
-            backbone, _, context = full.removeprefix("xt_").rpartition("_")
-            pretrained = True if self.weights is True else None
-            model = create_model(backbone, context, pretrained_region=pretrained, **kwargs)
-        load_task_weights(model, self.weights, name)
-        return model
-
-    def configure_optimizers(self) -> Any:
-        """TorchGeo's AdamW + ReduceLROnPlateau, with no weight decay where it must not apply.
-
-        Same optimizer, learning rate, weight decay (AdamW's default), scheduler and monitor
-        as ``torchgeo.tasks.BaseTask.configure_optimizers``; the parameters come in two
-        groups (:func:`xt_plugins.nn.optim.weight_decay_groups`).
-        """
-        weight_decay = AdamW([torch.zeros(1)]).defaults["weight_decay"]
-        optimizer = AdamW(weight_decay_groups(self, weight_decay), lr=self.hparams["lr"])
-        scheduler = ReduceLROnPlateau(optimizer, patience=self.hparams["patience"])
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "monitor": self.monitor},
-        }
 
 
 class XTClassification(XTTaskOptions, Classification):
@@ -396,7 +165,7 @@ class XTSemanticSegmentation(XTTaskOptions, SemanticSegmentation):
             classes=hp["num_classes"] or hp["num_labels"] or 1,
             **xt_model_kwargs(hp),
         )
-        enum = _weights_enum(self.weights)
+        enum = as_weights_enum(self.weights)
         load_task_weights(self.model if enum else self.model.encoder, self.weights, hp["backbone"])
         parts = ((self.model.encoder, "freeze_backbone"), (self.model.decoder, "freeze_decoder"))
         for part, flag in parts:
