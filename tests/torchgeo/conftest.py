@@ -94,3 +94,18 @@ def detection_checkpoint(sar_workdir, tmp_path_factory) -> Path:
     ckpts = sorted(root.rglob("last.ckpt"))
     assert ckpts, f"no checkpoint under {root}"
     return ckpts[0]
+
+
+@pytest.fixture
+def fit_trainers(monkeypatch) -> list:
+    """The Trainers whose ``fit`` runs during the test (filled in as they run)."""
+    from lightning.pytorch import Trainer
+
+    trainers, fit = [], Trainer.fit
+
+    def recording_fit(self, *args, **kwargs):
+        trainers.append(self)
+        return fit(self, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "fit", recording_fit)
+    return trainers

@@ -159,10 +159,10 @@ trainer:
 """
 
 
-def test_config_with_every_argument_parses_and_trains(sar_workdir, tmp_path, monkeypatch):
+def test_config_with_every_argument_parses_and_trains(
+    sar_workdir, tmp_path, monkeypatch, fit_trainers
+):
     import json
-
-    from lightning.pytorch import Trainer
 
     from xt_plugins.cli import main
 
@@ -170,16 +170,9 @@ def test_config_with_every_argument_parses_and_trains(sar_workdir, tmp_path, mon
 
     config = tmp_path / "all.yaml"
     config.write_text(ALL_ARGS_CONFIG.format(model_kwargs=json.dumps(TINY_SWIN)))
-    trainers, fit = [], Trainer.fit
-
-    def recording_fit(self, *args, **kwargs):
-        trainers.append(self)
-        return fit(self, *args, **kwargs)
-
-    monkeypatch.setattr(Trainer, "fit", recording_fit)
     monkeypatch.chdir(sar_workdir)
     assert main(["torchgeo", "fit", "--config", str(config)]) == 0
-    (trainer,) = trainers
+    (trainer,) = fit_trainers
     assert trainer.state.finished and trainer.global_step == 1
     hp = trainer.lightning_module.hparams
     assert (hp["patience"], hp["labels"], hp["context"], hp["grad_ratio"]) == (
