@@ -24,6 +24,7 @@ from __future__ import annotations
 import csv
 import datetime
 import hashlib
+import logging
 import os
 import shutil
 import tempfile
@@ -34,8 +35,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+logger = logging.getLogger("xt_plugins")
+
 __all__ = [
     "InputItem",
+    "native_noise_muted",
     "atomic_dir",
     "PredictionTable",
     "expand_inputs",
@@ -43,6 +47,7 @@ __all__ = [
     "output_names",
     "rank_split",
     "run_inputs",
+    "unwritable_reason",
 ]
 
 
@@ -235,6 +240,67 @@ class Outcome:
         return self.error is None
 
 
+@contextmanager
+def native_noise_muted(*loggers: str) -> Iterator[None]:
+    """Mute what libraries print themselves while an input runs; their errors still raise.
+
+    C libraries (libtiff inside GDAL) write straight to file descriptor 2, and rasterio logs
+    GDAL's messages; an input's failure is reported in one line by the runner instead. Python
+    writes to ``sys.stderr`` (progress bars, warnings) still reach the terminal.
+
+    Args:
+        *loggers: names of Python loggers to silence for the duration (e.g. ``"rasterio"``).
+    """
+    import sys
+
+    saved = [(logging.getLogger(n), logging.getLogger(n).level) for n in loggers]
+    for log, _ in saved:
+        log.setLevel(logging.CRITICAL)
+    try:
+        sys.stderr.flush()
+        original = os.dup(2)
+    except (OSError, ValueError):  # no real file descriptor 2 (embedded interpreters)
+        original = None
+    old_stderr = sys.stderr
+    try:
+        if original is not None:
+            with tempfile.TemporaryFile() as sink:
+                os.dup2(sink.fileno(), 2)
+                sys.stderr = os.fdopen(os.dup(original), "w", buffering=1)
+                try:
+                    yield
+                finally:
+                    sys.stderr.flush()
+                    sys.stderr.close()
+                    sys.stderr = old_stderr
+                    os.dup2(original, 2)
+                    os.close(original)
+        else:
+            yield
+    finally:
+        for log, level in saved:
+            log.setLevel(level)
+
+
+def unwritable_reason(folder: str | os.PathLike[str]) -> str | None:
+    """Why nothing can be written into ``folder`` (full disk, read-only mount), or None.
+
+    GDAL reports a full disk as ``TIFFAppendToStrip: Write error``; this says what it means.
+    """
+    folder = Path(folder)
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return None
+    if st.f_flag & os.ST_RDONLY:
+        return f"{folder}: Read-only file system"
+    if st.f_bavail * st.f_frsize < 1 << 20:
+        return f"{folder}: No space left on device"
+    return None
+
+
 def one_line(item: InputItem, err: BaseException) -> str:
     """The error of an input as one line that names it."""
     message = " ".join(str(err).split()) or type(err).__name__
@@ -272,6 +338,7 @@ def run_inputs(
     from tqdm.auto import tqdm
 
     outcomes = []
+    table_failed = False
     for item in tqdm(items, desc=f"{what}s", unit=what, disable=not progress):
         if item.error is not None:
             outcome = Outcome(item, error=item.error)
@@ -282,7 +349,12 @@ def run_inputs(
                 outcome = Outcome(item, error=one_line(item, err))
         outcomes.append(outcome)
         if table is not None and row is not None:
-            table.update(row(outcome))
+            try:
+                table.update(row(outcome))
+            except OSError as err:  # a full disk or read-only folder: said once, inputs go on
+                if not table_failed:
+                    logger.warning("%s: cannot be written (%s)", table.path, err.strerror or err)
+                table_failed = True
         if report is not None:
             report(outcome)
     return outcomes

@@ -208,10 +208,40 @@ class RunStore:
             self.tokens[idx] = tokens
             self.region_sum[idx] = region_sum
         else:
-            self.group["tokens"].oindex[idx] = tokens.numpy()
-            self.group["region_sum"].oindex[idx] = region_sum.numpy()
-            self.group["state"].oindex[idx] = np.full(len(idx), DONE, dtype=np.int8)
+            self._write("tokens", idx, tokens.numpy())
+            self._write("region_sum", idx, region_sum.numpy())
+            self._write("state", idx, np.full(len(idx), DONE, dtype=np.int8))
         self.state[idx] = DONE
+
+    def _write(self, name: str, idx: np.ndarray, values: np.ndarray) -> None:
+        """Write rows of a per-region array; a chunk that cannot be read back is replaced.
+
+        Writing part of a chunk reads it first: a corrupt chunk would fail every rerun. Its
+        other regions are marked to do (re-encoded) and the chunk is written anew.
+        """
+        arr = self.group[name]
+        try:
+            arr.oindex[idx] = values
+            return
+        except Exception as err:
+            reason = _short(err)
+        step = arr.chunks[0]
+        for s in sorted({int(i) // step * step for i in idx}):
+            e = min(arr.shape[0], s + step)
+            try:
+                arr[s:e]
+            except Exception:
+                logger.warning(
+                    "%s: %s chunk at region %d unreadable (%s); re-encoding it",
+                    self.path,
+                    name,
+                    s,
+                    reason,
+                )
+                fill = arr.fill_value if name != "state" else TODO
+                arr[s:e] = np.full((e - s, *arr.shape[1:]), fill, dtype=arr.dtype)
+                self.reset(np.arange(s, e))
+        arr.oindex[idx] = values
 
     def skip(self, idx: np.ndarray) -> None:
         """Mark regions as skipped (never read again on resume)."""

@@ -343,7 +343,7 @@ def stream_predict(
     encoded = 0
     try:
         with torch.inference_mode():
-            for attempt in range(2):  # a second pass re-encodes regions found damaged
+            for _attempt in range(3):  # later passes re-encode regions found damaged
                 todo = [int(i) for i in torch.nonzero(store.state == TODO).flatten()]
                 bar = tqdm(
                     total=len(todo),
@@ -371,14 +371,14 @@ def stream_predict(
                 finally:
                     bar.close()
                 tokens, region_sum, damaged = store.load()
-                if not len(damaged):
-                    break
-                if attempt:
-                    raise StoreError(
-                        f"{store.path}: regions stay damaged after re-encoding "
-                        "(disk errors?); " + _hint(store.path)
-                    )
                 store.reset(damaged)
+                if not bool((store.state == TODO).any()):
+                    break
+            else:
+                raise StoreError(
+                    f"{store.path}: regions stay damaged after re-encoding them (disk errors?); "
+                    + _hint(store.path)
+                )
             result = _finish(model, grid, store, tokens, region_sum, dense, context_chunk, device)
             store.finish({"logits": [float(v) for v in result.logits]}, keep_tokens=keep_tokens)
     finally:

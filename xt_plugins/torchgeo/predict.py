@@ -10,11 +10,9 @@ coordinates, and many scenes through the engine's runner.
 
 from __future__ import annotations
 
-import logging
 import os
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +28,7 @@ from xt_plugins.infer.runner import (
     PredictionTable,
     atomic_dir,
     expand_inputs,
+    native_noise_muted,
     run_inputs,
     unwritable_reason,
 )
@@ -203,6 +202,7 @@ def predict_scenes(
     from rasterio.env import Env
 
     task = task_from_checkpoint(checkpoint, device)
+    check_precision(kwargs.get("precision", "32"), next(task.parameters()).device)  # once
     out = Path(out)
     items = expand_inputs(
         scene_dirs, suffixes=(), is_input=_is_scene, list_folder=_list_scenes, what="scene"
@@ -212,11 +212,10 @@ def predict_scenes(
 
     def predict(item: Any) -> SceneResult:
         try:  # GDAL's own error lines: the one-line report says it
-            with Env(CPL_LOG="/dev/null"), _quiet("rasterio"):
+            with Env(CPL_LOG="/dev/null"), native_noise_muted("rasterio"):
                 return predict_scene(task, item.path, out / item.name, **kwargs)
         except WRITE_ERRORS as err:
-            reason = unwritable_reason(out)
-            raise OSError(f"{item.path}: {reason}" if reason else str(err)) from err
+            raise OSError(unwritable_reason(out) or str(err)) from err
 
     def row(outcome: Any) -> dict[str, Any]:
         res = outcome.result
@@ -244,17 +243,6 @@ def predict_scenes(
     errors = SCENE_ERRORS if skip_errors else ()
     run_inputs(items, predict, row=row, table=table, report=tell, errors=errors)
     return results
-
-
-@contextmanager
-def _quiet(logger_name: str) -> Iterator[None]:
-    """Silence a library's logger (its errors become exceptions reported in one line)."""
-    log = logging.getLogger(logger_name)
-    level, log.level = log.level, logging.CRITICAL
-    try:
-        yield
-    finally:
-        log.setLevel(level)
 
 
 def _is_scene(path: Path) -> bool:
