@@ -7,9 +7,17 @@ see the same load on a shared machine); the sequential reference runs once above
 ``--ref-once-above`` tokens and is skipped (recorded as null, with the reason) above
 ``--ref-max-length`` or when its (b, d, l, n) tensors would not fit in free memory.
 
+``--threads-compare`` times the scan with 1 thread, with ``--threads`` threads held fixed
+(``ADAPTIVE_THREADS = False``, the scan before the thread governor) and with the governor
+choosing per chunk (the default), alternating; ``--busy`` does the same while a neighbour
+process runs matmuls on every core (bounded: it stops after ``--busy-seconds`` or when this
+process goes away). Results: ``scan_threads_quiet.json`` / ``scan_threads_busy.json`` + PNG.
+
 Usage:
     python benchmarks/scan.py                       # 1k .. 64k tokens, 2 threads
     python benchmarks/scan.py --lengths 1024 4096 --threads 1
+    python benchmarks/scan.py --threads-compare --lengths 1024 4096 16384
+    python benchmarks/scan.py --busy --lengths 1024 4096 16384
 """
 
 from __future__ import annotations
@@ -21,6 +29,8 @@ import math
 import os
 import platform
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -39,6 +49,7 @@ from xt_plugins.nn.ops import (  # noqa: E402
     selective_scan,
     selective_scan_ref,
 )
+from xt_plugins.nn.ops import threads as scan_threads  # noqa: E402
 
 DEFAULT_LENGTHS = [1024, 2048, 4096, 8192, 16384, 32768, 65536]
 
@@ -120,6 +131,130 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
     plt.close(fig)
 
 
+def neighbour(seconds: float, threads: int, parent: int) -> None:
+    """Busy neighbour: matmuls on ``threads`` threads until ``seconds`` pass or the parent exits."""
+    torch.set_num_threads(threads)
+    a, b = torch.randn(384, 384), torch.randn(384, 384)
+    stop = time.monotonic() + seconds
+    while time.monotonic() < stop and os.getppid() == parent:
+        for _ in range(20):
+            a = torch.mm(a, b).tanh_()
+
+
+def start_neighbour(seconds: float, threads: int) -> subprocess.Popen:
+    cmd = [sys.executable, __file__, "--_neighbour", str(seconds), "--threads", str(threads)]
+    proc = subprocess.Popen(cmd)
+    time.sleep(1.0)  # let it start its threads
+    return proc
+
+
+MODES = ("1 thread", "fixed", "adaptive")
+
+
+def run_mode(mode: str, threads: int, fn) -> float:
+    torch.set_num_threads(1 if mode == "1 thread" else threads)
+    scan_threads.ADAPTIVE_THREADS = mode == "adaptive"
+    try:
+        return timed(fn)
+    finally:
+        scan_threads.ADAPTIVE_THREADS = True
+        torch.set_num_threads(threads)
+
+
+def threads_compare(args) -> None:
+    """1 thread vs ``--threads`` fixed vs ``--threads`` with the governor, quiet or busy."""
+    d, n, threads = args.dim, args.state, args.threads
+    label = "busy" if args.busy else "quiet"
+    proc = start_neighbour(args.busy_seconds, psutil.cpu_count()) if args.busy else None
+    load_start = os.getloadavg()[0]
+    rows = []
+    try:
+        with torch.inference_mode():
+            for length in args.lengths:
+                x = make_inputs(length, d, n)
+                fn = functools.partial(selective_scan, **x)
+                runs: dict[str, list[float]] = {m: [] for m in MODES}
+                for m in MODES:  # warm-up (and the governor's first measurements)
+                    run_mode(m, threads, fn)
+                for _ in range(args.repeats):
+                    for m in MODES:
+                        runs[m].append(run_mode(m, threads, fn))
+                med = {m: statistics.median(v) for m, v in runs.items()}
+                rows.append(
+                    dict(
+                        length=length,
+                        one_thread_s=med["1 thread"],
+                        fixed_s=med["fixed"],
+                        adaptive_s=med["adaptive"],
+                        adaptive_over_one=med["adaptive"] / med["1 thread"],
+                        fixed_over_one=med["fixed"] / med["1 thread"],
+                        runs_s=runs,
+                    )
+                )
+                print(
+                    f"[{label}] L={length:>6}  1 thread {med['1 thread']:.3f} s  "
+                    f"{threads} fixed {med['fixed']:.3f} s  {threads} adaptive "
+                    f"{med['adaptive']:.3f} s  adaptive / 1 thread "
+                    f"{rows[-1]['adaptive_over_one']:.2f}",
+                    flush=True,
+                )
+    finally:
+        if proc is not None:
+            proc.terminate()
+            proc.wait(timeout=10)
+    config = dict(
+        torch=torch.__version__,
+        threads=threads,
+        d=d,
+        n=n,
+        batch=1,
+        dtype="float32",
+        repeats=args.repeats,
+        statistic="median",
+        neighbour=(
+            f"{psutil.cpu_count()}-thread matmul process for up to {args.busy_seconds} s"
+            if args.busy
+            else None
+        ),
+        omp_wait_policy=WAIT_POLICY,
+        cpu_count=psutil.cpu_count(),
+        loadavg_1min=dict(start=load_start, end=os.getloadavg()[0]),
+        governor_costs={f"{k[0]}/{k[1]}": v for k, v in scan_threads.GOVERNOR.cost.items()},
+        note="shared machine: other processes' load is recorded; compare ratios, not seconds",
+    )
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"scan_threads_{label}.json"
+    path.write_text(json.dumps(dict(config=config, results=rows), indent=2))
+    plot_threads(rows, args.out / f"scan_threads_{label}.png", label, threads)
+    print(f"1-min load average: {load_start:.2f} at start, {os.getloadavg()[0]:.2f} at end")
+    print(f"wrote {path}")
+
+
+def plot_threads(rows: list[dict], path: Path, label: str, threads: int) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lengths = [r["length"] for r in rows]
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    for key, name in (
+        ("one_thread_s", "1 thread"),
+        ("fixed_s", f"{threads} threads, fixed"),
+        ("adaptive_s", f"{threads} threads, adaptive"),
+    ):
+        ax.loglog(lengths, [r[key] for r in rows], "o-", label=name)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("sequence length L (tokens)")
+    ax.set_ylabel("seconds per scan (median)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    ax.set_title(f"selective scan, CPU fp32, d=512, n=16, {label} machine", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
@@ -135,7 +270,22 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--ref-once-above", type=int, default=16384)
     parser.add_argument("--ref-max-length", type=int, default=65536)
+    parser.add_argument(
+        "--threads-compare", action="store_true", help="1 thread vs fixed vs adaptive threads"
+    )
+    parser.add_argument(
+        "--busy", action="store_true", help="--threads-compare next to a busy neighbour"
+    )
+    parser.add_argument("--busy-seconds", type=float, default=300.0, help="neighbour's limit")
+    parser.add_argument("--_neighbour", type=float, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args._neighbour is not None:
+        neighbour(args._neighbour, args.threads, os.getppid())
+        return
+    if args.threads_compare or args.busy:
+        torch.set_num_threads(args.threads)
+        threads_compare(args)
+        return
 
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -11,10 +11,13 @@ are not traceable, so :func:`~.selective_scan.selective_scan` takes the differen
 from __future__ import annotations
 
 import math
+import time
 from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
+
+from . import threads as _threads
 
 if TYPE_CHECKING:
     from .selective_scan import ScanInputs
@@ -175,11 +178,26 @@ def scan_streaming(
     Returns:
         ``(out (b, d, l) float32 in u's memory layout, state (b, n, d))``.
     """
+    with _threads.ScopedThreads() as threads:
+        return _scan_stages(inputs, h, t, k, stage_len, threads)
+
+
+def _scan_stages(
+    inputs: ScanInputs, h: Tensor, t: int, k: int, stage_len: int, threads: _threads.ScopedThreads
+) -> tuple[Tensor, Tensor]:
+    """:func:`scan_streaming`'s work, with the thread count set per chunk through ``threads``."""
     u, delta, _, B, C, D, z, delta_bias, delta_softplus = inputs
     At2 = inputs.exp2_rates()  # (n, d)
     b, d, length = u.shape
     n = At2.shape[0]
     span = t * k
+    wide = threads.original
+    governed = _threads.ADAPTIVE_THREADS and wide > 1 and u.device.type == "cpu"
+    gov = _threads.GOVERNOR
+    work = span * b * n * d  # elements of a full chunk's (b, n, d) steps
+    size = gov.bucket(work)
+    if governed:  # every parallel op counts on a busy machine, the set-up ones too
+        threads.set(gov.best(size, wide))
     stage = span * max(1, stage_len // span)
     time_major = u.stride(1) == 1 and length > 1
     out = (
@@ -200,7 +218,10 @@ def scan_streaming(
     scratch = None if time_major else u.new_empty(2, b, d, rows, dtype=torch.float32)
     # time-major: the skip term D u goes into y while u is hot, the scan adds C . h to it
     accumulate = time_major and skip is not None
+    first = True
     for s0 in range(0, length, stage):
+        if governed:
+            threads.set(gov.best(size, wide))
         s1 = min(length, s0 + stage)
         n_steps, n_rows = s1 - s0, -(-(s1 - s0) // t) * t
         u_st = u[:, :, s0:s1].float()  # (b, d, l_stage)
@@ -233,7 +254,19 @@ def scan_streaming(
             blocks = (x[c0:c1].view(-1, t, *x.shape[1:]) for x in (delta_st, du_st, y_st))
             dv, duv, yv = blocks  # (k, t, b, d)
             bc = BC[s0 + c0 : s0 + c1].view(-1, t, b, 2, n)
+            timed = governed and c1 - c0 == span and not first  # the first allocates buffers
+            if timed:
+                choice, exploring = gov.choose(size, wide)
+                threads.set(choice)
+                start = time.perf_counter()
+            elif governed:
+                threads.set(gov.best(size, wide))
             h = _scan_chunk(dv, duv, bc[..., 0, :], bc[..., 1, :], h, At2, ws, yv, accumulate)
+            if timed:
+                gov.record(size, choice, time.perf_counter() - start, work, exploring)
+            first = False
+        if governed:
+            threads.set(gov.best(size, wide))
         out_st = out[:, :, s0:s1]
         if time_major:  # everything (b, d, l) views of (l, b, d) / (b, l, d) memory
             y, gate = y_st[:n_steps].permute(1, 2, 0), du_st[:n_steps].permute(1, 2, 0)
