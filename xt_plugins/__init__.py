@@ -1,6 +1,8 @@
 """xt-plugins: xT (nested tokenization for huge images) for timm, TorchGeo and MONAI.
 
-Importing the package registers every ``xt_<backbone>_<context>`` model with timm.
+Importing the package registers every ``xt_<backbone>_<context>`` model with timm (the
+registry TorchGeo's tasks and smp's ``tu-`` encoders build from) and makes ``xt_plugins.io``
+(image sources and writers) usable.
 """
 
 from . import io
@@ -10,13 +12,6 @@ from .nn import RegionGrid, XTModel
 from .nn.official import load_official_xt
 
 __version__ = "0.1.0"
-
-try:  # also list the xt_* models in TorchGeo's registry (lazy; never breaks the import)
-    from .torchgeo import register_torchgeo_models as _register_torchgeo
-
-    _register_torchgeo()
-except Exception:  # pragma: no cover - a TorchGeo change must not break xt_plugins
-    pass
 
 __all__ = [
     "BACKBONES",

@@ -19,6 +19,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..io.checkpoints import CheckpointError, read_safetensors_json
+from ..io.checkpoints import read_checkpoint as read_safely
 from ..models import region_encoder_and_options
 from ..nn.options import RUNTIME_OPTIONS
 from ..nn.xt import XTModel
@@ -27,10 +29,6 @@ __all__ = ["XTNet", "CheckpointError", "load_checkpoint", "read_checkpoint", "sa
 
 #: Header key of the XTNet config in a safetensors checkpoint.
 _SAFETENSORS_KEY = "xt_plugins.xtnet_config"
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint file cannot be read safely or does not fit the network."""
 
 
 class XTNet(XTModel):
@@ -198,39 +196,14 @@ def read_checkpoint(
         FileNotFoundError: if ``path`` does not exist.
         CheckpointError: if the file cannot be read safely or holds no weights.
     """
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"{p}: checkpoint not found")
-    if p.suffix == ".safetensors":
-        from safetensors import safe_open
-        from safetensors.torch import load_file
-
-        with safe_open(str(p), framework="pt") as f:
-            meta = f.metadata() or {}
-        config = json.loads(meta[_SAFETENSORS_KEY]) if _SAFETENSORS_KEY in meta else None
-        return load_file(str(p)), config
-    try:
-        obj = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as err:  # anything that needs unpickling is refused on purpose
-        raise CheckpointError(
-            f"{p}: cannot be read with weights_only=True ({err}); save it with "
-            "xt_plugins.monai.save_checkpoint or as .safetensors"
-        ) from err
-    config = None
-    if isinstance(obj, Mapping) and isinstance(obj.get("config"), Mapping):
-        config = dict(obj["config"])
-    for key in ("model", "state_dict", "network"):
-        if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
-            obj = obj[key]
-            break
-    if (
-        not isinstance(obj, Mapping)
-        or not obj
-        or not all(isinstance(v, Tensor) for v in obj.values())
-    ):
-        raise CheckpointError(f"{p}: holds no state dict (expected {{'model': {{name: tensor}}}})")
-    state = {k.removeprefix("module."): v for k, v in obj.items()}
-    return state, config
+    ckpt = read_safely(path)
+    if ckpt.metadata:  # safetensors: the config is JSON in the header
+        config = read_safetensors_json(ckpt, _SAFETENSORS_KEY)
+    else:
+        found = ckpt.get("config")
+        config = dict(found) if isinstance(found, Mapping) else None
+    state = ckpt.state_dict(("model", "state_dict", "network"))
+    return {k.removeprefix("module."): v for k, v in state.items()}, config
 
 
 def load_checkpoint(
@@ -275,6 +248,8 @@ def load_checkpoint(
             raise CheckpointError(f"{path}: {err}") from None
     try:
         network.load_state_dict(state, strict=strict)
-    except RuntimeError as err:
-        raise CheckpointError(f"{path}: weights do not fit the network: {err}") from err
+    except RuntimeError as err:  # torch lists every key on its own line: keep the first
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        detail = "; ".join(lines[1:4]) + (" ..." if len(lines) > 4 else "")
+        raise CheckpointError(f"{path}: weights do not fit the network: {detail}") from None
     return network
