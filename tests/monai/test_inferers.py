@@ -52,10 +52,14 @@ def test_outputs_of_one_slide_read_back(tmp_path, slides):
         props = feature["properties"]
         (ring,) = feature["geometry"]["coordinates"]
         xs, ys = [p[0] for p in ring], [p[1] for p in ring]
-        assert min(xs) == props["col"] * 128 and min(ys) == props["row"] * 128
+        m = props["measurements"]
+        assert min(xs) == m["col"] * 128 and min(ys) == m["row"] * 128
         assert max(xs) <= 2000 and max(ys) <= 1500
-        assert props["classification"]["name"] == "tumor" and props["objectType"] == "annotation"
-        assert props["probability"] == pytest.approx(probs[1, props["row"], props["col"]], abs=1e-4)
+        # format change (issue 14): QuPath tiles with measurements (was: annotations with flat
+        # probability / row / col properties)
+        assert props["classification"]["name"] == "tumor" and props["objectType"] == "tile"
+        m = props["measurements"]
+        assert m["prob_tumor"] == pytest.approx(probs[1, m["row"], m["col"]], abs=1e-4)
     # MONAI Inferer call: slide logits
     logits = make_inferer(None)(str(info.path), net)
     torch.testing.assert_close(logits, torch.tensor([pred.logits]), rtol=1e-4, atol=1e-4)

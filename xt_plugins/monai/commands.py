@@ -28,9 +28,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "predict-slide",
         help="predict whole slides: region heatmaps (Zarr, PNG), GeoJSON and a CSV",
         description=(
-            "For each slide writes DIR/<stem>.zarr (region probabilities), "
-            "DIR/<stem>_heatmap.png, DIR/<stem>.geojson (positive regions, level-0 px) and a row "
-            "of DIR/predictions.csv. Under torchrun the slides are split across processes."
+            "For each slide writes DIR/<stem>.zarr (region probabilities; OME-Zarr image "
+            "DIR/<stem>.zarr/map in microns), DIR/<stem>_heatmap.png, DIR/<stem>.geojson "
+            "(QuPath tiles, level-0 px) and a row of DIR/predictions.csv. Under torchrun the "
+            "slides are split across processes."
         ),
     )
     p.add_argument("slides", nargs="+", metavar="SLIDE", help="slide files or folders of slides")
@@ -66,6 +67,20 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--threshold", type=float, default=0.5, help="positive probability for the GeoJSON"
     )
     p.add_argument("--thumbnail-size", type=int, default=2048, help="heatmap / tissue-mask side")
+    p.add_argument(
+        "--geojson",
+        choices=["positive", "tissue"],
+        default="positive",
+        help="regions in the QuPath GeoJSON: positive ones (default) or all tissue",
+    )
+    p.add_argument(
+        "--precision",
+        choices=["32", "bf16", "16"],
+        default="32",
+        help="autocast of the region encoder: 32, bf16 (CPU/CUDA), 16 (CUDA only)",
+    )
+    p.add_argument("--tta", choices=["none", "flips"], default="none",
+                   help="test-time flips of each region batch (4x compute)")  # fmt: skip
     p.add_argument("--device", default="auto", help="auto (cuda:LOCAL_RANK if any), cpu, cuda:0")
     p.add_argument("--seed", type=int, default=0, help="seed of untrained weights")
     p.add_argument("--no-resume", action="store_true", help="recompute finished slides")
@@ -214,6 +229,7 @@ def _list_slides(read_slide_data: Any) -> Any:
 def _predict_slide(args: argparse.Namespace) -> int:
     import torch
 
+    from ..infer.precision import check_precision
     from ..infer.runner import init_rank_group, merge_rank_tables, rank_split
     from .inferers import CSV_FIELDS, WholeSlideInferer
 
@@ -227,6 +243,7 @@ def _predict_slide(args: argparse.Namespace) -> int:
     group = init_rank_group(world, args.dist_timeout)
     try:
         net = _build_network(args).to(_device(args.device)).eval()
+        check_precision(args.precision, next(net.parameters()).device)  # once, not per slide
         inferer = WholeSlideInferer(
             out,
             mpp=args.mpp,
@@ -235,6 +252,9 @@ def _predict_slide(args: argparse.Namespace) -> int:
             region_batch=args.batch,
             threshold=args.threshold,
             thumbnail_size=args.thumbnail_size,
+            geojson=args.geojson,
+            precision=args.precision,
+            tta=None if args.tta == "none" else args.tta,
             resume=not args.no_resume,
             progress=not args.no_progress,
         )

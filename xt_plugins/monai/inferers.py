@@ -5,8 +5,8 @@
   ``inferer`` of a MONAI ``SupervisedTrainer`` / ``SupervisedEvaluator`` over slide items.
 - :class:`WholeSlideInferer` streams every tissue region of a slide through the model with the
   inference engine (:func:`xt_plugins.stream_predict`, its run store and runner) and writes a
-  region probability map (Zarr), a PNG heatmap over the slide thumbnail, a GeoJSON of positive
-  regions in level-0 pixels (QuPath imports it) and a CSV row with the slide prediction.
+  region probability map (Zarr, with an OME-Zarr ``map`` in microns), a PNG heatmap over the
+  slide thumbnail, QuPath tiles of regions in level-0 pixels and a CSV row per slide.
 
 .. versionadded:: 0.1
 """
@@ -39,9 +39,8 @@ from .slide_outputs import (
     SlidePrediction,
     class_names,
     slide_item,
-    write_heatmap,
-    write_region_geojson,
     write_slide_attrs,
+    write_slide_files,
 )
 from .training import RegionNormalize, SlideStreamingInferer, _unwrap
 from .wsi import open_slide
@@ -71,11 +70,12 @@ class WholeSlideInferer(Inferer):
     ``output_dir``:
 
     - ``<stem>.zarr``: ``probs`` (num_classes, rows, cols) region probabilities (NaN off
-      tissue) and ``tissue`` (rows, cols) tissue fractions; attributes record the geometry
+      tissue), ``tissue`` (rows, cols) tissue fractions and ``map``, the same probabilities as
+      an OME-Zarr image in microns (napari, ``ome-zarr``); attributes record the geometry
       (``region_size``, ``scale`` = level-0 px per pixel, ``mpp``) and the slide logits.
     - ``<stem>_heatmap.png``: the positive-class probability over the slide thumbnail.
-    - ``<stem>.geojson``: positive regions as rectangles in level-0 pixels (QuPath
-      annotations with class and probability).
+    - ``<stem>.geojson``: QuPath tiles in level-0 pixels (positive regions, or every tissue
+      region with ``geojson="tissue"``; :mod:`~xt_plugins.monai.slide_outputs`).
 
     :meth:`predict_slides` updates one CSV row per slide (keyed by its absolute path); a failing
     slide is one error line naming it. Each slide's Zarr is a run store
@@ -89,7 +89,7 @@ class WholeSlideInferer(Inferer):
         min_tissue: a region is predicted when its tissue fraction is at least this.
         region_batch: regions encoded together.
         positive_class: the class shown in heatmaps and GeoJSON.
-        threshold: positive-class probability from which a region goes into the GeoJSON.
+        threshold: positive-class probability from which a region is positive (GeoJSON).
         class_names: names of the classes (GeoJSON classification); default ``class_<k>``,
             with ``tumor`` for class 1 of two.
         transform: applied to each region batch (default: ImageNet normalisation).
@@ -101,8 +101,13 @@ class WholeSlideInferer(Inferer):
             while a slide is in progress).
         progress: show progress bars (slides, and regions per slide).
         read_workers: reader threads per slide.
+        geojson: ``"positive"`` (positive regions) or ``"tissue"`` (every tissue region).
+        precision: ``"32"``, ``"bf16"`` or ``"16"`` (CUDA) autocast of the region encoder.
+        tta: None or ``"flips"`` (region batches averaged over four flips, 4x compute).
 
     .. versionadded:: 0.1
+    .. versionchanged:: 0.2
+       ``geojson``, ``precision``, ``tta``; QuPath tiles and the OME-Zarr ``map``.
     """
 
     output_dir: str | os.PathLike[str] | None = None
@@ -121,6 +126,9 @@ class WholeSlideInferer(Inferer):
     keep_tokens: bool = False
     progress: bool = True
     read_workers: int = 1
+    geojson: str = "positive"
+    precision: str = "32"
+    tta: str | None = None
 
     def __post_init__(self) -> None:
         super().__init__()
@@ -228,20 +236,19 @@ class WholeSlideInferer(Inferer):
             if zpath is not None and not self.resume and zpath.exists():
                 shutil.rmtree(zpath)
             probs, fractions, logits, tissue, pred.resumed = self._predict(net, source, zpath)
-            pos_map = pred.summarize(probs, logits, self.positive_class, self.threshold)
+            pred.summarize(probs, logits, self.positive_class, self.threshold)
             if self.output_dir is not None:
-                written = (self.output_dir / f"{name}{sfx}" for sfx in ("_heatmap.png", ".geojson"))
-                heatmap, geojson = written
-                if not (pred.resumed and heatmap.is_file() and geojson.is_file()):
-                    if tissue is None:  # the thumbnail is the heatmap's background
-                        kw = self.tissue_kwargs
-                        tissue = tissue_mask(source, max_side=self.thumbnail_size, **kw)
-                    names = class_names(self.class_names, probs.shape[0])
-                    cls = names[min(self.positive_class, len(names) - 1)]
-                    write_heatmap(heatmap, pos_map, tissue, source, net.region_size)
-                    write_region_geojson(geojson, pos_map, fractions, source, net.region_size,
-                                         cls, self.threshold)  # fmt: skip
-                pred.zarr, pred.heatmap, pred.geojson = str(zpath), str(heatmap), str(geojson)
+
+                def thumbnail() -> Any:  # the tissue mask's thumbnail: the heatmap background
+                    kw = self.tissue_kwargs
+                    return tissue or tissue_mask(source, max_side=self.thumbnail_size, **kw)
+
+                pred.heatmap, pred.geojson = write_slide_files(
+                    self.output_dir / name, probs, fractions, thumbnail, source, net.region_size,
+                    class_names(self.class_names, probs.shape[0]), self.positive_class,
+                    self.threshold, self.geojson, reuse=pred.resumed,
+                )  # fmt: skip
+                pred.zarr = str(zpath)
         finally:
             if opened:
                 source.close()
@@ -263,26 +270,15 @@ class WholeSlideInferer(Inferer):
             )  # fmt: skip
             return mask
 
-        result = stream_predict(
-            net,
-            source,
-            region_batch=self.region_batch,
-            out=zpath,
-            progress=self.progress,
-            resume=True,
-            transform=self.transform,
-            region_mask=region_mask,
-            read_workers=self.read_workers,
-            settings={  # what the stored outputs depend on besides the file and weights
-                "mpp": source.mpp,
-                "slide_mpp": source.slide_mpp,
-                "level": source.level,
-                "min_tissue": self.min_tissue,
-                "transform": describe(self.transform),
-                "tissue": {"max_side": self.thumbnail_size, **self.tissue_kwargs},
-            },  # fmt: skip
-            keep_tokens=self.keep_tokens,
-        )
+        # what the stored outputs depend on besides the file and weights (and precision / tta)
+        settings = {"mpp": source.mpp, "slide_mpp": source.slide_mpp, "level": source.level,
+                    "min_tissue": self.min_tissue, "transform": describe(self.transform),
+                    "tissue": {"max_side": self.thumbnail_size, **self.tissue_kwargs}}  # fmt: skip
+        result = stream_predict(net, source, region_batch=self.region_batch, out=zpath,
+                                progress=self.progress, resume=True, transform=self.transform,
+                                region_mask=region_mask, read_workers=self.read_workers,
+                                settings=settings, keep_tokens=self.keep_tokens,
+                                precision=self.precision, tta=self.tta)  # fmt: skip
         grid = result.grid
         probs = result.region_outputs.T.reshape(-1, grid.rows, grid.cols).numpy()
         group = None if zpath is None else zarr.open_group(str(zpath), mode="r+")
@@ -292,8 +288,8 @@ class WholeSlideInferer(Inferer):
         if "fractions" not in found:  # nothing stored to answer from: recompute (cheap)
             region_mask()
             stored = False
-        if group is not None and not stored:
+        if group is not None and (not stored or "map" not in group):
             names = class_names(self.class_names, len(result.logits))
             write_slide_attrs(group, found["fractions"], result.logits, source, net.region_size,
-                              names)  # fmt: skip
+                              names, probs)  # fmt: skip
         return probs, found["fractions"], result.logits, found.get("tissue"), result.resumed

@@ -1,13 +1,23 @@
-"""Whole-slide outputs: the slide prediction record, its CSV row, heatmap and GeoJSON.
+"""Whole-slide outputs: the slide prediction record, its CSV row, heatmap, GeoJSON, OME-Zarr map.
+
+- ``<stem>.geojson``: QuPath 0.4+ objects (``objectType`` ``tile``) in level-0 pixels, one
+  square per region: the positive regions (``geojson="positive"``, the default, as before) or
+  every tissue region (``geojson="tissue"``: QuPath's measurement maps then colour the whole
+  slide by ``prob_<class>``). A region whose positive probability reaches the threshold is
+  classified as the positive class (name and colour), others are unclassified; measurements
+  are ``prob_<class>`` for every class, ``tissue`` (fraction), ``row`` and ``col``.
+- ``<stem>.zarr/map``: the (C, rows, cols) region probabilities as an OME-Zarr multiscale
+  image (:func:`xt_plugins.io.write_ome_zarr_map`) whose scale is ``region_size * mpp`` um
+  per map pixel, next to the run store's plain ``probs`` array (which resume reads).
 
 .. versionadded:: 0.2
-   Split out of ``xt_plugins.monai.inferers``.
+   Split out of ``xt_plugins.monai.inferers``; QuPath tiles and the OME-Zarr ``map``.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,7 +27,7 @@ import torch
 from torch import Tensor
 
 from ..infer.runner import InputItem
-from ..io import SlideSource, boxes_to_geojson, save_heatmap_png
+from ..io import SlideSource, save_heatmap_png, write_ome_zarr_map, write_qupath_geojson
 from ..io.masks import TissueMask
 
 __all__ = [
@@ -28,7 +38,11 @@ __all__ = [
     "write_heatmap",
     "write_region_geojson",
     "write_slide_attrs",
+    "write_slide_files",
 ]
+
+#: ``geojson`` values: which regions go into the slide's GeoJSON.
+GEOJSON_REGIONS = ("positive", "tissue")
 
 #: Columns of the slide prediction CSV (one row per slide, keyed by ``path``).
 CSV_FIELDS = (
@@ -146,31 +160,59 @@ def write_heatmap(
 
 def write_region_geojson(
     path: Path,
-    pos_map: np.ndarray,
+    probs: np.ndarray,
     fractions: np.ndarray,
     source: SlideSource,
     region_size: int,
-    name: str,
+    names: list[str],
+    positive: int,
     threshold: float,
+    regions: str = "positive",
 ) -> None:
-    """Positive regions as level-0 rectangles (QuPath annotations of class ``name``)."""
-    step = region_size * source.scale
+    """Regions as level-0 QuPath tiles (see the module docs); ``regions``: positive / tissue."""
+    if regions not in GEOJSON_REGIONS:
+        raise ValueError(f"geojson must be one of {list(GEOJSON_REGIONS)}, got {regions!r}")
+    step = region_size * source.scale  # level-0 px per region
     h0, w0 = source.level0_shape
-    rows, cols = np.nonzero(np.nan_to_num(pos_map, nan=-1.0) >= threshold)
-    boxes, props = [], []
-    for r, c in zip(rows.tolist(), cols.tolist(), strict=True):
+    pos = np.nan_to_num(probs[min(positive, probs.shape[0] - 1)], nan=-1.0)
+    keep = pos >= threshold if regions == "positive" else np.isfinite(probs).all(axis=0)
+    boxes, classes, measures = [], [], []
+    for r, c in zip(*np.nonzero(keep), strict=True):
+        r, c = int(r), int(c)
         x0, y0 = round(c * step, 2), round(r * step, 2)
         boxes.append((x0, y0, round(min((c + 1) * step, w0), 2), round(min((r + 1) * step, h0), 2)))
-        props.append(
-            {
-                "class_name": name,
-                "probability": round(float(pos_map[r, c]), 4),
-                "tissue": round(float(fractions[r, c]), 4),
-                "row": r,
-                "col": c,
-            }
-        )
-    boxes_to_geojson(boxes, props, path=path)
+        classes.append(names[min(positive, len(names) - 1)] if pos[r, c] >= threshold else None)
+        measure = {f"prob_{n}": round(float(probs[k, r, c]), 4) for k, n in enumerate(names)}
+        measures.append({**measure, "tissue": round(float(fractions[r, c]), 4), "row": r, "col": c})
+    meta = {"coordinates": "level-0 pixels", "regions": regions, "threshold": str(threshold)}
+    write_qupath_geojson(path, boxes, "tile", classes, measures, metadata=meta)
+
+
+def write_slide_files(
+    stem: Path,
+    probs: np.ndarray,
+    fractions: np.ndarray,
+    tissue: Callable[[], TissueMask],
+    source: SlideSource,
+    region_size: int,
+    names: list[str],
+    positive: int,
+    threshold: float,
+    regions: str = "positive",
+    reuse: bool = False,
+) -> tuple[str, str]:
+    """``<stem>_heatmap.png`` and ``<stem>.geojson`` (kept as they are when ``reuse`` and present).
+
+    ``tissue`` gives the tissue mask (its thumbnail is the heatmap's background); it is called
+    only when the files are written.
+    """
+    heatmap, geojson = Path(f"{stem}_heatmap.png"), Path(f"{stem}.geojson")
+    if not (reuse and heatmap.is_file() and geojson.is_file()):
+        pos_map = probs[min(positive, probs.shape[0] - 1)]
+        write_heatmap(heatmap, pos_map, tissue(), source, region_size)
+        write_region_geojson(geojson, probs, fractions, source, region_size, names, positive,
+                             threshold, regions)  # fmt: skip
+    return str(heatmap), str(geojson)
 
 
 def write_slide_attrs(
@@ -180,11 +222,14 @@ def write_slide_attrs(
     source: SlideSource,
     region_size: int,
     names: list[str],
+    probs: np.ndarray | None = None,
 ) -> None:
-    """Tissue fractions and the geometry that readers of a slide's Zarr need."""
+    """Tissue fractions, the geometry readers of a slide's Zarr need, and its OME-Zarr ``map``."""
     if "tissue" in group:
         del group["tissue"]
     group.create_array("tissue", data=fractions.astype(np.float32))
+    if probs is not None:  # the map in microns for napari / ome-zarr readers
+        write_ome_zarr_map(group, "map", probs, source.mpp, region_size, names)
     group.attrs["xt_plugins"] = {
         "complete": True,
         "logits": [float(v) for v in logits],
