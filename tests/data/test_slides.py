@@ -20,8 +20,8 @@ openslide = pytest.importorskip("openslide")
 
 @pytest.fixture(scope="module")
 def slide(tmp_path_factory):
-    """A 3000 x 2000 tumour slide, 256-px tiles, JPEG."""
-    path = tmp_path_factory.mktemp("slides") / "tumour.tiff"
+    """A 3000 x 2000 tumor slide, 256-px tiles, JPEG."""
+    path = tmp_path_factory.mktemp("slides") / "tumor.tiff"
     return make_slide(path, 3000, 2000, tile=256, seed=1, tumor=True, workers=1)
 
 
@@ -82,15 +82,15 @@ def test_tissue_where_mask_says(slide):
     assert _read_centred(osr, slide, _deepest(~slide.tissue_mask), 256).min() > 240
 
 
-def test_tumour_differs_from_normal_tissue(slide):
+def test_tumor_differs_from_normal_tissue(slide):
     assert slide.label == 1 and 0 < slide.tumor_fraction < 1
     assert not (slide.tumor_mask & ~slide.tissue_mask).any()
     osr = openslide.OpenSlide(str(slide.path))
     normal = slide.tissue_mask & ~ndimage.binary_dilation(slide.tumor_mask, iterations=20)
-    tumour = _read_centred(osr, slide, _deepest(slide.tumor_mask), 128)
+    tumor = _read_centred(osr, slide, _deepest(slide.tumor_mask), 128)
     healthy = _read_centred(osr, slide, _deepest(normal), 128)
-    assert tumour.mean() < healthy.mean() - 25
-    assert (tumour < 120).mean() > 2 * (healthy < 120).mean()  # many more dark nuclei pixels
+    assert tumor.mean() < healthy.mean() - 25
+    assert (tumor < 120).mean() > 2 * (healthy < 120).mean()  # many more dark nuclei pixels
 
 
 def test_levels_agree_with_downsampled_level0(slide):

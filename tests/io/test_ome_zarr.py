@@ -49,7 +49,7 @@ def test_inside_an_existing_slide_group_ngff_05_read_by_ome_zarr(tmp_path):
     group.attrs["xt_plugins"] = {"complete": True}
     group.create_array("probs", data=probs)
     image = write_ome_zarr_map(
-        group, "map", probs, mpp_um=0.5, region_size=256, channel_names=["normal", "tumour"]
+        group, "map", probs, mpp_um=0.5, region_size=256, channel_names=["normal", "tumor"]
     )
     assert image.path == "map"
     assert sorted(group.keys()) == ["map", "probs"] and group.attrs["xt_plugins"]["complete"]
@@ -74,7 +74,7 @@ def test_inside_an_existing_slide_group_ngff_05_read_by_ome_zarr(tmp_path):
     shift = [next(t["translation"] for t in lv if t["type"] == "translation") for lv in transforms]
     assert shift[0] == [0.0, 63.75, 63.75]  # region centre: (256 - 1) / 2 px * 0.5 um
     assert shift[1] == [0.0, 127.75, 127.75]  # 2x2 regions: (512 - 1) / 2 px * 0.5 um
-    assert node.metadata["channel_names"] == ["normal", "tumour"]
+    assert node.metadata["channel_names"] == ["normal", "tumor"]
     arr = zarr.open_array(str(store / "map" / "0"), mode="r")
     assert arr.metadata.dimension_names == ("c", "y", "x")
     # and the spec's own models (ome-zarr-models, installed with ome-zarr) accept it
@@ -85,27 +85,27 @@ def test_inside_an_existing_slide_group_ngff_05_read_by_ome_zarr(tmp_path):
 def test_new_store_ngff_04_on_zarr_v2_and_anisotropic_mpp(tmp_path):
     probs = region_map(1, 4, 4)[0]  # (rows, cols): one channel
     path = tmp_path / "maps.zarr"
-    write_ome_zarr_map(path, "tumour", probs, mpp_um=(0.25, 0.5), region_size=(512, 256),
+    write_ome_zarr_map(path, "tumor", probs, mpp_um=(0.25, 0.5), region_size=(512, 256),
                        version="0.4")  # fmt: skip
     group = zarr.open_group(str(path), mode="r")
     assert group.metadata.zarr_format == 2
-    attrs = group["tumour"].attrs.asdict()
+    attrs = group["tumor"].attrs.asdict()
     assert attrs["multiscales"][0]["version"] == "0.4" and "omero" not in attrs
     models = pytest.importorskip("ome_zarr_models.v04.image")
-    models.Image.from_zarr(group["tumour"])  # raises unless valid NGFF 0.4
-    node = read_image(path / "tumour")
+    models.Image.from_zarr(group["tumor"])  # raises unless valid NGFF 0.4
+    node = read_image(path / "tumor")
     assert node.zarr.version == "0.4"
     np.testing.assert_array_equal(np.asarray(node.data[0]), probs[None])
     scale0 = node.metadata["coordinateTransformations"][0][0]
     assert scale0 == {"type": "scale", "scale": [1.0, 128.0, 128.0]}  # 512 * 0.25, 256 * 0.5
     # a second map goes beside the first; an existing one is replaced, or kept on request
     write_ome_zarr_map(path, "normal", 1 - probs, mpp_um=0.25, region_size=512)
-    write_ome_zarr_map(path, "tumour", probs * 0, mpp_um=0.25, region_size=512)
+    write_ome_zarr_map(path, "tumor", probs * 0, mpp_um=0.25, region_size=512)
     group = zarr.open_group(str(path), mode="r")
-    assert sorted(group.group_keys()) == ["normal", "tumour"]
-    np.testing.assert_array_equal(np.asarray(read_image(path / "tumour").data[0]), probs[None] * 0)
+    assert sorted(group.group_keys()) == ["normal", "tumor"]
+    np.testing.assert_array_equal(np.asarray(read_image(path / "tumor").data[0]), probs[None] * 0)
     with pytest.raises(FileExistsError, match="pass overwrite=True or another name"):
-        write_ome_zarr_map(path, "tumour", probs, mpp_um=0.25, region_size=512, overwrite=False)
+        write_ome_zarr_map(path, "tumor", probs, mpp_um=0.25, region_size=512, overwrite=False)
     with pytest.raises(ValueError, match="NGFF 0.5 needs zarr v3, the group is zarr v2"):
         write_ome_zarr_map(path, "other", probs, mpp_um=0.25, version="0.5")
 

@@ -49,7 +49,7 @@ def test_schema_has_teeth():
         ("objectType", None),  # QuPath would guess "annotation": we require it
         ("measurements", [{"name": "p", "value": 0.5}]),  # the pre-0.4 list form
         ("measurements", {"p": "high"}),
-        ("classification", {"name": "tumour", "color": [1, 2]}),
+        ("classification", {"name": "tumor", "color": [1, 2]}),
         ("objectType", "region"),
     ]
     for key, value in bad_cases:
@@ -66,14 +66,14 @@ def test_slide_detections_conform_and_load_in_geopandas(tmp_path):
     cell = shapely_geometry.Polygon([(100, 100), (140, 100), (140, 150), (100, 150)])
     geometries = [(10.5, 20.5), (200, 300, 264, 364), cell]
     measurements = [
-        {"prob_tumour": np.float32(0.9), "prob_normal": 0.1},
-        {"prob_tumour": 0.25, "prob_normal": float("nan"), "is_edge": True},  # NaN: left out
+        {"prob_tumor": np.float32(0.9), "prob_normal": 0.1},
+        {"prob_tumor": 0.25, "prob_normal": float("nan"), "is_edge": True},  # NaN: left out
         None,
     ]
     path = tmp_path / "cells.geojson"
     fc = write_qupath_geojson(
-        path, geometries, "detection", ["tumour", "normal", None], measurements,
-        properties=[{"source": "xt"}, {}, {}], colors={"tumour": (200, 0, 0)},
+        path, geometries, "detection", ["tumor", "normal", None], measurements,
+        properties=[{"source": "xt"}, {}, {}], colors={"tumor": (200, 0, 0)},
         metadata={"coordinates": "level-0 pixels, (0, 0) at the top-left image corner"},
     )  # fmt: skip
     loaded = json.loads(path.read_text())
@@ -85,10 +85,10 @@ def test_slide_detections_conform_and_load_in_geopandas(tmp_path):
     assert f0["properties"] == {
         "source": "xt",
         "objectType": "detection",
-        "classification": {"name": "tumour", "color": [200, 0, 0]},
-        "measurements": {"prob_tumour": pytest.approx(0.9), "prob_normal": 0.1},
+        "classification": {"name": "tumor", "color": [200, 0, 0]},
+        "measurements": {"prob_tumor": pytest.approx(0.9), "prob_normal": 0.1},
     }
-    assert f1["properties"]["measurements"] == {"prob_tumour": 0.25, "is_edge": 1}
+    assert f1["properties"]["measurements"] == {"prob_tumor": 0.25, "is_edge": 1}
     assert len(f1["properties"]["classification"]["color"]) == 3
     assert f1["geometry"]["coordinates"][0][2] == [264.0, 364.0]
     assert "classification" not in f2["properties"] and "measurements" not in f2["properties"]
@@ -104,7 +104,7 @@ def test_slide_detections_conform_and_load_in_geopandas(tmp_path):
 
 def test_gzip_by_suffix_and_geopandas_via_vsigzip(tmp_path):
     path = tmp_path / "tiles.geojson.gz"
-    fc = write_qupath_geojson(path, [(0, 0, 256, 256), (256, 0, 512, 256)], "tile", "tumour")
+    fc = write_qupath_geojson(path, [(0, 0, 256, 256), (256, 0, 512, 256)], "tile", "tumor")
     raw = path.read_bytes()
     assert raw[:2] == b"\x1f\x8b"  # gzip magic
     loaded = json.loads(gzip.decompress(raw))
@@ -145,14 +145,14 @@ def test_scene_detections_in_map_coordinates_with_crs(tmp_path):
 def test_region_map_as_tiles_level0_and_map_space(tmp_path):
     probs = np.array(
         [
-            [[0.9, 0.2, 0.6], [np.nan, 0.1, 0.7]],  # tumour
+            [[0.9, 0.2, 0.6], [np.nan, 0.1, 0.7]],  # tumor
             [[0.1, 0.8, 0.4], [np.nan, 0.9, 0.3]],  # normal
         ]
     )  # (2 classes, 2 rows, 3 cols); region (1, 0) has no tissue
     tissue = np.array([[1.0, 0.5, 0.25], [0.0, 0.75, 1.0]])
     path = tmp_path / "regions.geojson"
     fc = regions_to_qupath_geojson(
-        path, probs, 512.0, ["tumour", "normal"], image_size=(900, 1400), extra={"tissue": tissue}
+        path, probs, 512.0, ["tumor", "normal"], image_size=(900, 1400), extra={"tissue": tissue}
     )
     conforms(fc)
     feats = fc["features"]
@@ -163,9 +163,9 @@ def test_region_map_as_tiles_level0_and_map_space(tmp_path):
     last = by_index[(1, 2)]
     assert last["geometry"]["coordinates"][0][:3] == [[1024.0, 512.0], [1400.0, 512.0],
                                                       [1400.0, 900.0]]  # fmt: skip
-    assert last["properties"]["classification"]["name"] == "tumour"
+    assert last["properties"]["classification"]["name"] == "tumor"
     assert last["properties"]["measurements"] == {
-        "prob_tumour": 0.7, "prob_normal": 0.3, "row": 1, "col": 2, "tissue": 1.0,
+        "prob_tumor": 0.7, "prob_normal": 0.3, "row": 1, "col": 2, "tissue": 1.0,
     }  # fmt: skip
     assert by_index[(0, 1)]["properties"]["classification"]["name"] == "normal"
     assert all(f["properties"]["objectType"] == "tile" for f in feats)

@@ -146,7 +146,7 @@ def test_heatmap_png_alone_is_rgba_with_transparent_nan(tmp_path):
 
 def test_boxes_to_geojson_qupath_and_map_space(tmp_path):
     boxes = [(10, 20, 30, 50), np.array([0.5, 1.5, 2.5, 3.5])]
-    props = [{"class_name": "tumour", "score": np.float32(0.75)}, {"score": float("nan")}]
+    props = [{"class_name": "tumor", "score": np.float32(0.75)}, {"score": float("nan")}]
     fc = boxes_to_geojson(boxes, props, tmp_path / "boxes.geojson")
     loaded = json.loads((tmp_path / "boxes.geojson").read_text())
     assert loaded == fc and loaded["type"] == "FeatureCollection" and "crs" not in loaded
@@ -156,7 +156,7 @@ def test_boxes_to_geojson_qupath_and_map_space(tmp_path):
         "coordinates": [[[10, 20], [30, 20], [30, 50], [10, 50], [10, 20]]],
     }
     p = first["properties"]
-    assert p["objectType"] == "annotation" and p["classification"]["name"] == "tumour"
+    assert p["objectType"] == "annotation" and p["classification"]["name"] == "tumor"
     assert len(p["classification"]["color"]) == 3 and p["score"] == 0.75
     assert p["measurements"] == {"score": 0.75}
     assert second["properties"]["score"] is None and "classification" not in second["properties"]

@@ -97,8 +97,8 @@ def test_prepare_slide_batch_stacks_labels():
 
 
 @pytest.mark.slow
-def test_short_slide_level_training_puts_the_heatmap_on_the_tumour(tmp_path, slides):
-    """Slide labels only; after ~100 steps the region map is higher on the generated tumour."""
+def test_short_slide_level_training_puts_the_heatmap_on_the_tumor(tmp_path, slides):
+    """Slide labels only; after ~100 steps the region map is higher on the generated tumor."""
     folder, infos = slides
     ds = slide_dataset(folder)
     net = tiny_xtnet(context="none", region_chunk=32)  # region outputs stay local
@@ -121,9 +121,9 @@ def test_short_slide_level_training_puts_the_heatmap_on_the_tumour(tmp_path, sli
         inferer.predict_slide(str(info.path), net)
         probs = zarr.open_group(str(tmp_path / f"{info.path.stem}.zarr"), mode="r")["probs"][1]
         step = REGION * 2 / info.mask_downsample  # mask pixels per region (2 level-0 px / px)
-        tumour = region_means(info.tumor_mask, step, *probs.shape)
+        tumor = region_means(info.tumor_mask, step, *probs.shape)
         on = np.isfinite(probs)
-        assert (on & (tumour > 0.5)).sum() >= 3
-        in_tumour = probs[on & (tumour > 0.5)].mean()
-        in_normal = probs[on & (tumour == 0)].mean()
-        assert in_tumour > in_normal + 0.15, (in_tumour, in_normal)
+        assert (on & (tumor > 0.5)).sum() >= 3
+        in_tumor = probs[on & (tumor > 0.5)].mean()
+        in_normal = probs[on & (tumor == 0)].mean()
+        assert in_tumor > in_normal + 0.15, (in_tumor, in_normal)

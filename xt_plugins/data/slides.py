@@ -1,14 +1,14 @@
 """Synthetic H&E-like whole-slide images written as pyramidal tiled TIFFs that OpenSlide opens.
 
 A slide is described analytically: a low-resolution *layout* (signed distance to the tissue and
-tumour outlines, ``mask_downsample`` level-0 pixels per layout pixel) plus hashed random fields
+tumor outlines, ``mask_downsample`` level-0 pixels per layout pixel) plus hashed random fields
 (stroma texture, ragged edges, one nucleus per jittered grid cell). Every tile of every pyramid
 level is rendered on its own from that description at its own scale, so memory stays bounded
 whatever the slide size: the full-resolution image never exists in memory, and lower levels are
 rendered directly instead of downsampled from level 0.
 
 Colours follow the Beer-Lambert model of haematoxylin (nuclei, purple-blue) and eosin (stroma,
-pink) optical densities. Tumour areas have denser, larger, darker and more purple nuclei and less
+pink) optical densities. Tumor areas have denser, larger, darker and more purple nuclei and less
 eosin, a difference visible in any 256-pixel region at 0.5 microns per pixel.
 
 The file layout is OpenSlide's "generic tiff": level 0 first, then each level downsampled by 2
@@ -91,10 +91,10 @@ class SlideInfo:
         width: level-0 width in pixels.
         height: level-0 height in pixels.
         mpp: microns per pixel at level 0.
-        label: 1 if the slide has tumour, else 0.
-        tumor_fraction: tumour area / tissue area (0 for normal slides).
+        label: 1 if the slide has tumor, else 0.
+        tumor_fraction: tumor area / tissue area (0 for normal slides).
         tissue_mask: (ceil(height / mask_downsample), ceil(width / mask_downsample)) bool.
-        tumor_mask: same shape, bool; tumour is always inside tissue.
+        tumor_mask: same shape, bool; tumor is always inside tissue.
         mask_downsample: level-0 pixels per mask pixel.
         seed: the seed that generated the slide.
         level_count: number of pyramid levels written.
@@ -119,7 +119,7 @@ class _Layout:
 
     factor: int
     tissue_sdt: NDArray[np.float32]  # (h, w) > 0 inside tissue
-    tumor_sdt: NDArray[np.float32] | None  # (h, w) > 0 inside tumour; None: no tumour
+    tumor_sdt: NDArray[np.float32] | None  # (h, w) > 0 inside tumor; None: no tumor
     tissue_mask: NDArray[np.bool_]
     tumor_mask: NDArray[np.bool_]
 
@@ -163,7 +163,7 @@ def _blobs(
 
 
 def _make_layout(seed: int, width: int, height: int, tumor: bool) -> _Layout:
-    """Tissue pieces and (optionally) tumour areas at layout resolution."""
+    """Tissue pieces and (optionally) tumor areas at layout resolution."""
     factor = _layout_factor(width, height)
     lh, lw = math.ceil(height / factor), math.ceil(width / factor)
     rows = (np.arange(lh) + 0.5) * factor  # level-0 coordinates of layout pixel centres
@@ -188,7 +188,7 @@ def _make_layout(seed: int, width: int, height: int, tumor: bool) -> _Layout:
         if 0.08 < tissue.mean() < 0.7:
             break
     tissue_sdt_l = _signed_distance(tissue)  # layout pixels
-    tumour = np.zeros_like(tissue)
+    tumor = np.zeros_like(tissue)
     if tumor:
         deep = np.flatnonzero(tissue_sdt_l >= max(0.5, 0.4 * float(tissue_sdt_l.max())))
         for attempt in range(20):
@@ -203,16 +203,16 @@ def _make_layout(seed: int, width: int, height: int, tumor: bool) -> _Layout:
             warp = 0.15 * min(s[2] for s in shapes)
             field = _blobs(stream_seed(seed, 11, attempt), rows, cols, shapes, warp, 4 * warp)
             candidate = (field > 0) & tissue
-            if candidate.sum() > tumour.sum():
-                tumour = candidate  # keep the largest try
-            if tumour.sum() >= max(4, 0.03 * tissue.sum()):
+            if candidate.sum() > tumor.sum():
+                tumor = candidate  # keep the largest try
+            if tumor.sum() >= max(4, 0.03 * tissue.sum()):
                 break
     return _Layout(
         factor=factor,
         tissue_sdt=tissue_sdt_l * np.float32(factor),
-        tumor_sdt=_signed_distance(tumour) * np.float32(factor) if tumour.any() else None,
+        tumor_sdt=_signed_distance(tumor) * np.float32(factor) if tumor.any() else None,
         tissue_mask=tissue,
-        tumor_mask=tumour,
+        tumor_mask=tumor,
     )
 
 
@@ -258,10 +258,10 @@ class _Renderer:
         return np.clip(self._ragged_sdt(name, rows, cols, d) / edge + 0.5, 0.0, 1.0)
 
     def masks(self) -> tuple[NDArray[np.bool_], NDArray[np.bool_]]:
-        """Tissue and tumour masks at layout resolution, ragged edges included.
+        """Tissue and tumor masks at layout resolution, ragged edges included.
 
         Returns:
-            (tissue, tumour): (h, w) bool each, sampled at layout pixel centres.
+            (tissue, tumor): (h, w) bool each, sampled at layout pixel centres.
         """
         lay = self.layout
         rows = (np.arange(lay.tissue_mask.shape[0]) + 0.5) * lay.factor
@@ -269,8 +269,8 @@ class _Renderer:
         tissue = self._ragged_sdt("tissue_sdt", rows, cols, lay.factor) > 0
         if lay.tumor_sdt is None:
             return tissue, np.zeros_like(tissue)
-        tumour = self._ragged_sdt("tumor_sdt", rows, cols, lay.factor) > 0
-        return tissue, tumour & tissue
+        tumor = self._ragged_sdt("tumor_sdt", rows, cols, lay.factor) > 0
+        return tissue, tumor & tissue
 
     def _nuclei(self, kind: _Nuclei, level: int, ty: int, tx: int) -> NDArray[np.float32] | float:
         """(t, t) haematoxylin concentration of one nucleus population (a float when uniform)."""
@@ -407,7 +407,7 @@ def render_slide_tile(
         tx: tile column at that level.
         mpp: microns per pixel at level 0.
         seed: slide seed.
-        tumor: whether the slide has tumour (None: random from ``seed``).
+        tumor: whether the slide has tumor (None: random from ``seed``).
         tile: tile side in pixels.
 
     Returns:
@@ -521,7 +521,7 @@ def make_slide(
         height: level-0 height in pixels.
         mpp: microns per pixel at level 0 (written to the TIFF resolution tags).
         seed: seed of everything: layout, label (when ``tumor`` is None) and texture.
-        tumor: whether to add tumour areas; None picks it at random from ``seed``.
+        tumor: whether to add tumor areas; None picks it at random from ``seed``.
         tile: TIFF tile side in pixels (a multiple of 16).
         compression: "jpeg" (lossy, small), "lzw" or "deflate" (lossless), or None.
         quality: JPEG quality.
@@ -597,7 +597,7 @@ def make_slide(
     finally:
         bar.close()
     tissue_mask, tumor_mask = renderer.masks()
-    if tumor and not tumor_mask.any():  # tumour smaller than a mask pixel after the ragging
+    if tumor and not tumor_mask.any():  # tumor smaller than a mask pixel after the ragging
         tumor_mask = layout.tumor_mask & tissue_mask
     return SlideInfo(
         path=path,
@@ -626,7 +626,7 @@ def make_slides(
     workers: int | None = None,
     progress: bool = True,
 ) -> list[SlideInfo]:
-    """Write a small labelled slide collection with balanced tumour / normal labels.
+    """Write a small labelled slide collection with balanced tumor / normal labels.
 
     Writes ``out_dir/slide_XXX.tiff``, ``out_dir/labels.csv`` (columns ``slide, label,
     tumor_fraction, width, height, mpp``) and low-resolution masks
@@ -635,7 +635,7 @@ def make_slides(
 
     Args:
         out_dir: output folder (created).
-        n: number of slides; labels alternate in a seeded random order (``n // 2`` tumour).
+        n: number of slides; labels alternate in a seeded random order (``n // 2`` tumor).
         size: (width, height) of every slide at level 0.
         mpp: microns per pixel at level 0.
         seed: collection seed; slide ``i`` gets its own seed derived from it.
