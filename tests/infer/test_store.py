@@ -95,7 +95,12 @@ def test_a_finished_store_with_a_lost_probs_chunk_is_recomputed(tmp_path, caplog
     # and a sound finished store answers from its maps without encoding anything
     calls = []
     again = stream_predict(
-        model, x, out=out, resume=True, progress=False, keep_tokens=False,
+        model,
+        x,
+        out=out,
+        resume=True,
+        progress=False,
+        keep_tokens=False,
         transform=None,
     )
     assert again.resumed and not calls

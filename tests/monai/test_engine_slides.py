@@ -20,7 +20,9 @@ from xt_plugins.cli import main
 
 from .conftest import MPP, REGION, THUMB, TINY_XTNET
 
-TINY = {k: v for k, v in TINY_XTNET.items() if k not in ("region_encoder", "context", "region_size")}
+TINY = {
+    k: v for k, v in TINY_XTNET.items() if k not in ("region_encoder", "context", "region_size")
+}
 ARGS = ["--model", "xt_convnext_tiny_mamba", "--region-size", str(REGION)]
 ARGS += ["--model-kwargs", json.dumps(TINY), "--mpp", str(MPP), "--thumbnail-size", str(THUMB)]
 ARGS += ["--no-progress"]
@@ -61,9 +63,14 @@ def test_same_named_slides_of_two_folders_keep_their_own_results(two_same_named,
         ref = truth[info.path.name]
         assert row["probability"] == ref["probability"]
         assert row["tissue_regions"] == ref["tissue_regions"]
-    assert [r["zarr"] for r in got] == [str(out / "a" / "slide.zarr"), str(out / "b" / "slide.zarr")]
+    assert [r["zarr"] for r in got] == [
+        str(out / "a" / "slide.zarr"),
+        str(out / "b" / "slide.zarr"),
+    ]
     for sub in ("a", "b"):
-        assert (out / sub / "slide_heatmap.png").is_file() and (out / sub / "slide.geojson").is_file()
+        assert (out / sub / "slide_heatmap.png").is_file() and (
+            out / sub / "slide.geojson"
+        ).is_file()
     # predicting b alone into the same folder resumes b's store, never a's
     assert predict(b, out=out) == 0
     again = {r["path"]: r for r in rows(out / "predictions.csv")}

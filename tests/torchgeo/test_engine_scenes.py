@@ -28,14 +28,18 @@ def test_same_named_scenes_of_two_folders_are_both_kept(
 ):
     a, b = same_named
     out = tmp_path / "out"
-    assert main(["predict-scene", str(detection_checkpoint), str(a), str(b), "--out", str(out), *FAST]) == 0
+    assert (
+        main(["predict-scene", str(detection_checkpoint), str(a), str(b), "--out", str(out), *FAST])
+        == 0
+    )
     ref = tmp_path / "ref"
     args = ["predict-scene", str(detection_checkpoint), str(sar_root / "scene_000")]
     assert main([*args, str(sar_root / "scene_001"), "--out", str(ref), *FAST]) == 0
     for got, want in (("scenes/scene_000", "scene_000"), ("scenesB/scene_000", "scene_001")):
-        with rasterio.open(out / got / "probabilities.tif") as x, rasterio.open(
-            ref / want / "probabilities.tif"
-        ) as y:
+        with (
+            rasterio.open(out / got / "probabilities.tif") as x,
+            rasterio.open(ref / want / "probabilities.tif") as y,
+        ):
             np.testing.assert_array_equal(x.read(), y.read())
     with (out / "predictions.csv").open(newline="") as f:
         table = list(csv.DictReader(f))
