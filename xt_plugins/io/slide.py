@@ -295,9 +295,8 @@ class SlideSource(ImageSource):
         output (one copy per band, no strided numpy transpose).
         """
         w, h = image.size
-        planes = bytearray(image.tobytes("raw", "R"))
-        planes += image.tobytes("raw", "G")
-        planes += image.tobytes("raw", "B")
+        bands = (image.tobytes("raw", band) for band in "RGB")
+        planes = bytearray().join(bands)  # one allocation, (3, h, w) C order
         rgb = np.frombuffer(planes, dtype=np.uint8).reshape(3, h, w)  # writable: a bytearray
         alpha = np.frombuffer(image.tobytes("raw", "A"), dtype=np.uint8).reshape(h, w)
         if h * w == 0 or alpha.min() >= _ALPHA_VALID:
