@@ -175,7 +175,7 @@ def bench_slides(args: argparse.Namespace) -> dict[str, Any]:
         flush=True,
     )
     out["encoders"] = {}
-    for encoder in ENCODERS:
+    for encoder in args.encoders:
         model = xt_model(encoder)
         runs = {
             "monai": lambda m=model: monai_pipeline(path, m, args.batch, 0),
@@ -376,6 +376,7 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="small sizes, one repeat (~3 min)")
     p.add_argument("--skip", choices=("slides", "scans"), action="append", default=[])
     p.add_argument("--slide-size", type=int, default=None, help="slide side (default 6144)")
+    p.add_argument("--encoders", nargs="+", default=list(ENCODERS), help="timm region encoders")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--threads", type=int, default=2, help="torch threads for part (a)")
     p.add_argument("--read-workers", type=int, nargs="+", default=[1, 2])
