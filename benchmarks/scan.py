@@ -161,6 +161,14 @@ def run_mode(mode: str, threads: int, fn) -> float:
         torch.set_num_threads(threads)
 
 
+def ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else a / b
+
+
+def fmt(x: float | None, spec: str) -> str:
+    return "-" if x is None else format(x, spec)
+
+
 def threads_compare(args) -> None:
     """1 thread vs ``--threads`` fixed vs ``--threads`` with the governor, quiet or busy."""
     d, n, threads = args.dim, args.state, args.threads
@@ -173,29 +181,32 @@ def threads_compare(args) -> None:
             for length in args.lengths:
                 x = make_inputs(length, d, n)
                 fn = functools.partial(selective_scan, **x)
-                runs: dict[str, list[float]] = {m: [] for m in MODES}
-                for m in MODES:  # warm-up (and the governor's first measurements)
+                modes = [m for m in MODES if m in args.modes]
+                runs: dict[str, list[float]] = {m: [] for m in modes}
+                for m in modes:  # warm-up (and the governor's first measurements)
                     run_mode(m, threads, fn)
                 for _ in range(args.repeats):
-                    for m in MODES:
+                    for m in modes:
                         runs[m].append(run_mode(m, threads, fn))
-                med = {m: statistics.median(v) for m, v in runs.items()}
+                med = {m: statistics.median(runs[m]) if m in runs else None for m in MODES}
+                one = med["1 thread"]
                 rows.append(
                     dict(
                         length=length,
-                        one_thread_s=med["1 thread"],
+                        one_thread_s=one,
                         fixed_s=med["fixed"],
                         adaptive_s=med["adaptive"],
-                        adaptive_over_one=med["adaptive"] / med["1 thread"],
-                        fixed_over_one=med["fixed"] / med["1 thread"],
+                        adaptive_over_one=ratio(med["adaptive"], one),
+                        fixed_over_one=ratio(med["fixed"], one),
+                        adaptive_over_fixed=ratio(med["adaptive"], med["fixed"]),
                         runs_s=runs,
                     )
                 )
+                cells = "  ".join(f"{m} {fmt(med[m], '.3f')} s" for m in MODES)
                 print(
-                    f"[{label}] L={length:>6}  1 thread {med['1 thread']:.3f} s  "
-                    f"{threads} fixed {med['fixed']:.3f} s  {threads} adaptive "
-                    f"{med['adaptive']:.3f} s  adaptive / 1 thread "
-                    f"{rows[-1]['adaptive_over_one']:.2f}",
+                    f"[{label}] L={length:>6}  {cells}  adaptive / 1 thread "
+                    f"{fmt(rows[-1]['adaptive_over_one'], '.2f')}  adaptive / fixed "
+                    f"{fmt(rows[-1]['adaptive_over_fixed'], '.2f')}",
                     flush=True,
                 )
     finally:
@@ -236,14 +247,15 @@ def plot_threads(rows: list[dict], path: Path, label: str, threads: int) -> None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    lengths = [r["length"] for r in rows]
     fig, ax = plt.subplots(figsize=(6, 4.2))
     for key, name in (
         ("one_thread_s", "1 thread"),
         ("fixed_s", f"{threads} threads, fixed"),
         ("adaptive_s", f"{threads} threads, adaptive"),
     ):
-        ax.loglog(lengths, [r[key] for r in rows], "o-", label=name)
+        pts = [(r["length"], r[key]) for r in rows if r[key] is not None]
+        if pts:
+            ax.loglog(*zip(*pts, strict=True), "o-", label=name)
     ax.set_xscale("log", base=2)
     ax.set_xlabel("sequence length L (tokens)")
     ax.set_ylabel("seconds per scan (median)")
@@ -276,7 +288,14 @@ def main() -> None:
     parser.add_argument(
         "--busy", action="store_true", help="--threads-compare next to a busy neighbour"
     )
-    parser.add_argument("--busy-seconds", type=float, default=300.0, help="neighbour's limit")
+    parser.add_argument("--busy-seconds", type=float, default=600.0, help="neighbour's limit")
+    parser.add_argument(
+        "--modes",
+        nargs="+",
+        default=list(MODES),
+        choices=MODES,
+        help="thread settings to compare (fixed threads are slow on a busy machine)",
+    )
     parser.add_argument("--_neighbour", type=float, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args._neighbour is not None:

@@ -80,3 +80,13 @@ def test_fixed_threads_when_switched_off(two_threads, monkeypatch):
     with torch.no_grad():
         selective_scan(**_inputs(), chunk_size=16)
     assert threads.GOVERNOR.cost == {} and torch.get_num_threads() == 2
+
+
+def test_one_slow_chunk_does_not_flip_the_choice():
+    gov = ThreadGovernor()
+    _feed(gov, 5, 2, {1: 1.6, 2: 1.0}, 20)  # quiet: 2 threads faster
+    assert gov.best(5, 2) == 2
+    gov.record(5, 2, 50.0, 1, False)  # one chunk slowed by a passing job
+    assert gov.best(5, 2) == 2
+    gov.record(5, 2, 50.0, 1, False)  # the load stays: switch
+    assert gov.best(5, 2) == 1

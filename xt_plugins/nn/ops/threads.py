@@ -6,7 +6,8 @@ workers, a second job, a shared server) every parallel op waits at a barrier for
 the OS has descheduled, and the scan with 2 threads became 50-75x slower than alone, and much
 slower than with 1 thread (measurements in ``benchmarks/README.md``). No fixed rule fits both,
 so :class:`ThreadGovernor` measures: each scan chunk runs with either all threads or one, its
-time per element is kept as a moving average per size, and the cheaper count is used. The
+time per element is kept per size (the median of its last few chunks, so one chunk slowed by a
+passing job does not flip the choice), and the cheaper count is used. The
 other count is re-tried only while those tries stay under ``budget`` (3 %) of the time spent,
 so a busy machine pays at most that for noticing the load has gone, and a quiet one less
 for checking it has not come.
@@ -20,7 +21,9 @@ see its choice. Set :data:`ADAPTIVE_THREADS` to False to keep the caller's threa
 from __future__ import annotations
 
 import math
+import statistics
 import threading
+from collections import deque
 
 import torch
 
@@ -31,17 +34,18 @@ ADAPTIVE_THREADS = True
 
 
 class ThreadGovernor:
-    """Picks 1 or ``wide`` threads per unit of work from moving averages of measured cost.
+    """Picks 1 or ``wide`` threads per unit of work from the recent measured cost of each.
 
     Args:
         budget: share of the measured time that re-tries of the slower choice may take.
-        alpha: weight of a new measurement in the moving average.
+        window: measurements per choice whose median is its cost.
     """
 
-    def __init__(self, budget: float = 0.03, alpha: float = 0.3) -> None:
+    def __init__(self, budget: float = 0.03, window: int = 3) -> None:
         self.budget = budget
-        self.alpha = alpha
+        self.window = window
         self.cost: dict[tuple[int, int], float] = {}  # (size bucket, threads) -> s / element
+        self._recent: dict[tuple[int, int], deque[float]] = {}
         self.spent: dict[int, list[float]] = {}  # size bucket -> [all seconds, re-try seconds]
         self._lock = threading.Lock()
 
@@ -81,8 +85,9 @@ class ThreadGovernor:
         per = seconds / max(1, elements)
         with self._lock:
             key = (bucket, threads)
-            old = self.cost.get(key)
-            self.cost[key] = per if old is None else (1 - self.alpha) * old + self.alpha * per
+            recent = self._recent.setdefault(key, deque(maxlen=self.window))
+            recent.append(per)
+            self.cost[key] = statistics.median(recent)
             spent = self.spent.setdefault(bucket, [0.0, 0.0])
             spent[0] += seconds
             if exploring:
@@ -92,6 +97,7 @@ class ThreadGovernor:
         """Forget every measurement."""
         with self._lock:
             self.cost.clear()
+            self._recent.clear()
             self.spent.clear()
 
 
