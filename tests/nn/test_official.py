@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
+import warnings
 
 import pytest
 import timm
@@ -22,6 +22,7 @@ from xt_plugins.nn.official import (
 )
 
 from ..conftest import SHARED_FIXTURES
+from .test_region_weights import _Payload, _write
 
 OFFICIAL = SHARED_FIXTURES / "official_xt"
 STEMS = (
@@ -312,16 +313,6 @@ def test_untagged_names_still_build_this_projects_model():
     assert large.region_encoder.backbone_name == "swinv2_large_window12to16_192to256"
 
 
-class _Payload:
-    """Pickles to a call of ``open(marker, "w")``: loading it with full pickle creates a file."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return (open, (str(self.marker), "w"))
-
-
 def test_malicious_pickle_is_refused_without_running(tmp_path):
     marker = tmp_path / "ran"
     path = tmp_path / "evil.ckpt"
@@ -338,6 +329,27 @@ def test_malicious_pickle_is_refused_without_running(tmp_path):
             pretrained_cfg_overlay=dict(file=str(path)),
             **TINY,
         )
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("layout", ["zip", "pickle5"])
+def test_refused_pickle_is_its_reason_in_one_line_and_prints_nothing(tmp_path, capfd, layout):
+    """torch's eight-line refusal is cut to its reason; its pickle-protocol warning is muted."""
+    marker = tmp_path / "ran"
+    path = tmp_path / "evil.ckpt"
+    reason = _write(path, layout, marker)  # torch.save's zip as the releases, or a raw pickle
+    config = OFFICIAL_RELEASES["xt_swinv2_tiny_hyper.inat_reptilia_512"].config
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(OfficialCheckpointError) as err:
+            load_official_xt(path, config, **TINY)
+    msg = str(err.value)
+    assert msg.startswith(f"{path}: ") and "weights_only=True" in msg
+    assert re.search(f"\\(({reason})\\)", msg), msg
+    assert "\n" not in msg and "\x1b" not in msg and "add_safe_globals" not in msg, msg
+    assert err.value.__suppress_context__  # torch's text is not chained into the traceback
+    assert [str(w.message) for w in caught] == []
+    assert capfd.readouterr().err == ""
     assert not marker.exists()
 
 

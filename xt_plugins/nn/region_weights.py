@@ -32,7 +32,9 @@ class RegionWeightsError(RuntimeError):
 def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     """Read a state dict safely: safetensors, or a torch file with ``weights_only=True``.
 
-    Nested ``{"state_dict": ...}`` / ``{"model": ...}`` checkpoints are unwrapped.
+    Nested ``{"state_dict": ...}`` / ``{"model": ...}`` checkpoints are unwrapped. A pickle that
+    needs Python objects is refused without running it; torch's pickle-protocol warning is not
+    printed.
 
     Args:
         path: ``.safetensors``, ``.pt``, ``.pth``, ``.bin`` or ``.ckpt`` file.
@@ -42,22 +44,40 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
 
     Raises:
         FileNotFoundError: if ``path`` does not exist.
-        RegionWeightsError: if the file holds no tensors or cannot be read safely.
+        RegionWeightsError: one line naming the file, if it holds no tensors or cannot be read
+            safely.
     """
+    import warnings
+
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: weights file not found")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        return load_file(str(path))
+        try:
+            return load_file(str(path))
+        except Exception as err:  # truncated or foreign file
+            reason = " ".join(str(err).split())[:200] or type(err).__name__
+            raise RegionWeightsError(
+                f"{path}: not a readable safetensors file ({reason}); copy or save it again"
+            ) from None
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # pickle-based payloads are refused on purpose
+        with warnings.catch_warnings():  # "Detected pickle protocol 5 ..." would reach stderr
+            warnings.simplefilter("ignore")
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # pickle-based payloads are refused on purpose, never run
+        # torch explains a refusal in eight lines of advice: keep its reason only
+        text = str(err)
+        found = re.search(r"Unsupported (?:global: (?:GLOBAL )?[\w.]+|operand \S+)", text)
+        found = found or re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", text)
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
+        reason = found.group(found.lastindex or 0) if found else (lines[0] if lines else "")
+        reason = re.sub(r"\x1b\[[0-9;]*m", "", reason)[:200] or type(err).__name__
         raise RegionWeightsError(
-            f"{path}: cannot be read with weights_only=True ({err}); save a plain state dict "
+            f"{path}: cannot be read with weights_only=True ({reason}); save a plain state dict "
             "or a .safetensors file"
-        ) from err
+        ) from None
     for key in ("state_dict", "model", "module"):
         if isinstance(obj, Mapping) and key in obj and isinstance(obj[key], Mapping):
             obj = obj[key]
