@@ -8,6 +8,7 @@ then the median of ``--repeats`` runs each, alternating, in one process.
     python benchmarks/throughput.py                      # ConvNeXt-T + Mamba, 3072^2, 2 threads
     python benchmarks/throughput.py --context-pool 2     # 2 x 2 context tokens per region
     python benchmarks/throughput.py --context none       # the streaming machinery alone
+    python benchmarks/throughput.py --precision bf16     # bf16 autocast (both sides)
 
 Target (issue 3): streaming / bare >= 0.85.
 """
@@ -37,12 +38,14 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--precision", default="32", choices=["32", "bf16", "16"], help="autocast")
     args = p.parse_args()
 
     import numpy as np
     import torch
 
     import xt_plugins
+    from xt_plugins.infer.precision import autocast
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -64,7 +67,7 @@ def main() -> None:
 
     def bare() -> float:
         t0 = time.perf_counter()
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast(args.precision, "cpu"):
             for start in range(0, n, args.region_batch):
                 model.region_encoder(crops[: min(args.region_batch, n - start)])
         return n / (time.perf_counter() - t0)
@@ -76,6 +79,7 @@ def main() -> None:
             region_batch=args.region_batch,
             progress=False,
             transform=lambda x: x / 255.0,
+            precision=args.precision,
         )
         return res.grid.num_regions / res.seconds
 
@@ -89,7 +93,7 @@ def main() -> None:
     pool = "all tokens" if args.context_pool is None else f"context_pool={args.context_pool}"
     print(
         f"{args.backbone} + {args.context} ({pool}), {args.size}^2 ({n} regions of 256 px), "
-        f"{args.threads} threads"
+        f"{args.threads} threads, precision {args.precision}"
     )
     print(f"bare region encoder (regions in memory): {med['bare']:.2f} regions/s")
     print(f"stream_predict from a memmap, end to end: {med['stream']:.2f} regions/s")
@@ -104,6 +108,7 @@ def main() -> None:
             "regions": n,
             "region_batch": args.region_batch,
             "threads": args.threads,
+            "precision": args.precision,
             "runs_regions_per_s": runs,
             "median_regions_per_s": med,
             "ratio": ratio,
