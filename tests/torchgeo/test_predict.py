@@ -256,3 +256,21 @@ def test_scene_without_crs_warns_once_and_uses_pixel_coordinates(sar_root, tmp_p
     _schema_check(gj)
     with rasterio.open(res.probabilities) as ds:
         assert ds.crs is None
+
+
+def test_cli_blend_precision_tta_uint8(detection_checkpoint, sar_root, tmp_path, capsys):
+    out = tmp_path / "pred"
+    args = ["predict-scene", str(detection_checkpoint), str(sar_root / "scene_000"), "--quiet"]
+    rc = main([*args, "--out", str(out), "--blend", "cosine", "--precision", "bf16",
+               "--tta", "flips", "--uint8", "--threshold", "0.005"])  # fmt: skip
+    assert rc == 0
+    scene = out / "scene_000"
+    with rasterio.open(scene / "probabilities.tif") as ds:
+        assert ds.count == 3 and ds.dtypes[0] == "uint8" and ds.descriptions[0] == "centre"
+    with rasterio.open(scene / "length_m.tif") as ds:
+        assert ds.count == 1 and ds.dtypes[0] == "float32" and ds.descriptions == ("length_m",)
+    assert len(pd.read_csv(scene / "detections.csv")) > 0
+    capsys.readouterr()
+    rc = main([*args, "--out", str(tmp_path / "fp16"), "--precision", "16"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 1 and len(err) == 1 and "needs a CUDA device" in err[0]
