@@ -1,49 +1,31 @@
-"""xView3 scoring of point detections: Hungarian matching within 200 m and the aggregate score.
+"""xView3 scoring as a torchmetrics ``Metric`` (:class:`XView3Metric`).
 
-The xView3 aggregate over a set of scenes is
-
-    aggregate = F1_det * (1 + length_acc + F1_vessel + F1_fishing + F1_shore) / 5
-
-- **F1_det**: predictions are matched one-to-one to ground-truth objects by minimum total
-  distance (Hungarian, :func:`scipy.optimize.linear_sum_assignment`) among pairs closer than
-  ``match_distance`` (200 m); matched pairs are true positives, unmatched predictions false
-  positives, unmatched objects false negatives.
-- **F1_shore**: the same detection F1 restricted to objects close to shore
-  (``distance_from_shore_km <= 2``): matched close-to-shore objects are true positives,
-  unmatched ones false negatives, and unmatched predictions are false positives when their
-  own ``distance_from_shore_km`` is known and close to shore (a prediction without a known
-  distance cannot be placed, so it is not counted against F1_shore; a matched prediction
-  takes the distance of its object).
-- **F1_vessel**: over matched pairs whose object has a known ``is_vessel``, F1 of the
-  vessel class (vessel = positive).
-- **F1_fishing**: over matched pairs whose object is a vessel with a known ``is_fishing``,
-  F1 of the fishing class.
-- **length_acc**: ``1 - min(1, mean(|pred - gt| / gt))`` over matched vessels with a known
-  length (and a predicted one).
-
-Counts are summed over scenes before the ratios are taken (as xView3 does). A component with
-nothing to score (0 / 0) is 1.0: no errors were made, so an empty scene with no predictions
-scores 1.
-
-Detections are tables (a pandas DataFrame or a mapping of equal-length arrays) with xView3's
-columns: ``detect_x``, ``detect_y`` (map coordinates in metres; or pixel coordinates scaled by
-the pixel size), ``is_vessel``, ``is_fishing``, ``vessel_length_m`` and, for ground truth,
-``distance_from_shore_km``. Missing values are NaN (booleans may be floats with NaN).
+The matching, the counts and the scores, with the rules behind them, live in
+:mod:`xt_plugins.data.xview3` and are re-exported here.
 
 .. versionadded:: 0.1
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
+from collections.abc import Sequence
+from dataclasses import fields
 from typing import Any
 
 import numpy as np
 import torch
-from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 from torchmetrics import Metric
+
+from ..data.xview3 import (
+    MATCH_DISTANCE_M,
+    SHORE_DISTANCE_KM,
+    Detections,
+    XView3Counts,
+    match_detections,
+    xview3_counts,
+    xview3_score,
+)
 
 __all__ = [
     "MATCH_DISTANCE_M",
@@ -54,234 +36,6 @@ __all__ = [
     "xview3_counts",
     "xview3_score",
 ]
-
-#: Largest distance (metres) between a prediction and the object it detects.
-MATCH_DISTANCE_M = 200.0
-#: Objects at most this far from shore (km) count as close to shore.
-SHORE_DISTANCE_KM = 2.0
-
-Detections = Mapping[str, Any]
-
-
-def match_detections(
-    pred_xy: np.ndarray, gt_xy: np.ndarray, max_distance: float = MATCH_DISTANCE_M
-) -> tuple[np.ndarray, np.ndarray]:
-    """One-to-one matching of predictions to objects within ``max_distance`` (Hungarian).
-
-    Among all matchings that use only pairs closer than ``max_distance``, returns one with the
-    most pairs and, among those, the smallest total distance.
-
-    Args:
-        pred_xy: (P, 2) prediction coordinates.
-        gt_xy: (G, 2) object coordinates (same units as ``max_distance``).
-        max_distance: largest distance of a matched pair (inclusive).
-
-    Returns:
-        ``(pred_index, gt_index)``: int arrays of the matched pairs, sorted by ``pred_index``.
-    """
-    pred_xy = np.asarray(pred_xy, dtype=np.float64).reshape(-1, 2)
-    gt_xy = np.asarray(gt_xy, dtype=np.float64).reshape(-1, 2)
-    empty = np.zeros(0, dtype=np.int64)
-    if len(pred_xy) == 0 or len(gt_xy) == 0:
-        return empty, empty
-    dist = np.linalg.norm(pred_xy[:, None, :] - gt_xy[None, :, :], axis=-1)  # (P, G)
-    ok = dist <= max_distance
-    if not ok.any():
-        return empty, empty
-    # A forbidden pair costs more than every allowed pair together, so the assignment first
-    # maximises the number of allowed pairs, then minimises their total distance.
-    forbidden = (max_distance + 1.0) * (min(dist.shape) + 1)
-    rows, cols = linear_sum_assignment(np.where(ok, dist, forbidden))
-    keep = ok[rows, cols]
-    order = np.argsort(rows[keep], kind="stable")
-    return rows[keep][order].astype(np.int64), cols[keep][order].astype(np.int64)
-
-
-def _f1(tp: float, fp: float, fn: float) -> float:
-    denom = 2 * tp + fp + fn
-    return 1.0 if denom == 0 else 2 * tp / denom
-
-
-@dataclass
-class XView3Counts:
-    """Summable counts behind the xView3 score (add the counts of several scenes with ``+``).
-
-    Attributes:
-        det_tp: matched pairs.
-        det_fp: unmatched predictions.
-        det_fn: unmatched objects.
-        shore_tp: matched close-to-shore objects.
-        shore_fp: unmatched predictions known to be close to shore.
-        shore_fn: unmatched close-to-shore objects.
-        vessel_tp: matched pairs, both vessel.
-        vessel_fp: predicted vessel, object not a vessel.
-        vessel_fn: predicted non-vessel, object a vessel.
-        fishing_tp: matched vessels, both fishing.
-        fishing_fp: predicted fishing, vessel not fishing.
-        fishing_fn: predicted non-fishing, vessel fishing.
-        length_error: sum of ``|pred - gt| / gt`` over matched vessels with lengths.
-        length_count: number of terms in ``length_error``.
-    """
-
-    det_tp: float = 0.0
-    det_fp: float = 0.0
-    det_fn: float = 0.0
-    shore_tp: float = 0.0
-    shore_fp: float = 0.0
-    shore_fn: float = 0.0
-    vessel_tp: float = 0.0
-    vessel_fp: float = 0.0
-    vessel_fn: float = 0.0
-    fishing_tp: float = 0.0
-    fishing_fp: float = 0.0
-    fishing_fn: float = 0.0
-    length_error: float = 0.0
-    length_count: float = 0.0
-
-    def __add__(self, other: XView3Counts) -> XView3Counts:
-        return XView3Counts(
-            **{f.name: getattr(self, f.name) + getattr(other, f.name) for f in fields(self)}
-        )
-
-    def as_dict(self) -> dict[str, float]:
-        """The counts as a plain dict."""
-        return asdict(self)
-
-    def scores(self) -> dict[str, float]:
-        """The xView3 components and aggregate.
-
-        Returns:
-            ``{"f1_det", "f1_shore", "f1_vessel", "f1_fishing", "length_acc", "aggregate"}``.
-        """
-        f1_det = _f1(self.det_tp, self.det_fp, self.det_fn)
-        f1_shore = _f1(self.shore_tp, self.shore_fp, self.shore_fn)
-        f1_vessel = _f1(self.vessel_tp, self.vessel_fp, self.vessel_fn)
-        f1_fishing = _f1(self.fishing_tp, self.fishing_fp, self.fishing_fn)
-        length_acc = (
-            1.0 if self.length_count == 0 else 1.0 - min(1.0, self.length_error / self.length_count)
-        )
-        aggregate = f1_det * (1.0 + length_acc + f1_vessel + f1_fishing + f1_shore) / 5.0
-        return {
-            "f1_det": f1_det,
-            "f1_shore": f1_shore,
-            "f1_vessel": f1_vessel,
-            "f1_fishing": f1_fishing,
-            "length_acc": length_acc,
-            "aggregate": aggregate,
-        }
-
-
-def _column(table: Detections, name: str, n: int) -> np.ndarray:
-    """Float column ``name`` of ``table`` (NaN when absent)."""
-    if name not in table:
-        return np.full(n, np.nan)
-    values = table[name]
-    values = values.to_numpy() if hasattr(values, "to_numpy") else np.asarray(values)
-    out = np.asarray(values, dtype=np.float64).reshape(-1)
-    if len(out) != n:
-        raise ValueError(f"column {name!r} has {len(out)} values for {n} detections")
-    return out
-
-
-def _xy(table: Detections, what: str) -> np.ndarray:
-    for key in ("detect_x", "detect_y"):
-        if key not in table:
-            raise KeyError(f"{what} detections need a {key!r} column (map units, metres)")
-    x = table["detect_x"]
-    x = x.to_numpy() if hasattr(x, "to_numpy") else np.asarray(x)
-    n = len(np.asarray(x).reshape(-1))
-    return np.stack([_column(table, "detect_x", n), _column(table, "detect_y", n)], axis=1)
-
-
-def xview3_counts(
-    pred: Detections,
-    gt: Detections,
-    *,
-    match_distance: float = MATCH_DISTANCE_M,
-    shore_distance_km: float = SHORE_DISTANCE_KM,
-) -> XView3Counts:
-    """Counts of one scene (see the module docs for the rules).
-
-    Args:
-        pred: predicted detections (``detect_x``, ``detect_y``, ``is_vessel``, ``is_fishing``,
-            ``vessel_length_m``, optional ``distance_from_shore_km``).
-        gt: ground truth with the same columns and ``distance_from_shore_km``.
-        match_distance: largest distance of a match (metres).
-        shore_distance_km: close-to-shore threshold (km).
-
-    Returns:
-        The scene's :class:`XView3Counts`.
-    """
-    p_xy, g_xy = _xy(pred, "predicted"), _xy(gt, "ground-truth")
-    n_p, n_g = len(p_xy), len(g_xy)
-    pi, gi = match_detections(p_xy, g_xy, match_distance)
-    c = XView3Counts(det_tp=len(pi), det_fp=n_p - len(pi), det_fn=n_g - len(gi))
-
-    g_shore = _column(gt, "distance_from_shore_km", n_g)
-    g_close = g_shore <= shore_distance_km  # NaN -> False
-    p_shore = _column(pred, "distance_from_shore_km", n_p)
-    p_unmatched = np.ones(n_p, dtype=bool)
-    p_unmatched[pi] = False
-    c.shore_tp = float(g_close[gi].sum())
-    c.shore_fn = float(g_close.sum() - g_close[gi].sum())
-    c.shore_fp = float((p_unmatched & (p_shore <= shore_distance_km)).sum())
-
-    g_vessel, p_vessel = _column(gt, "is_vessel", n_g)[gi], _column(pred, "is_vessel", n_p)[pi]
-    known = ~np.isnan(g_vessel)
-    gv, pv = g_vessel[known] > 0.5, np.nan_to_num(p_vessel[known]) > 0.5
-    c.vessel_tp, c.vessel_fp, c.vessel_fn = (
-        float((gv & pv).sum()),
-        float((~gv & pv).sum()),
-        float((gv & ~pv).sum()),
-    )
-
-    g_fish, p_fish = _column(gt, "is_fishing", n_g)[gi], _column(pred, "is_fishing", n_p)[pi]
-    known = (g_vessel > 0.5) & ~np.isnan(g_fish)
-    gf, pf = g_fish[known] > 0.5, np.nan_to_num(p_fish[known]) > 0.5
-    c.fishing_tp, c.fishing_fp, c.fishing_fn = (
-        float((gf & pf).sum()),
-        float((~gf & pf).sum()),
-        float((gf & ~pf).sum()),
-    )
-
-    g_len = _column(gt, "vessel_length_m", n_g)[gi]
-    p_len = _column(pred, "vessel_length_m", n_p)[pi]
-    known = (g_vessel > 0.5) & (g_len > 0) & np.isfinite(p_len)
-    c.length_error = float((np.abs(p_len[known] - g_len[known]) / g_len[known]).sum())
-    c.length_count = float(known.sum())
-    return c
-
-
-def xview3_score(
-    pred: Detections,
-    gt: Detections,
-    *,
-    match_distance: float = MATCH_DISTANCE_M,
-    shore_distance_km: float = SHORE_DISTANCE_KM,
-) -> dict[str, float]:
-    """The xView3 components and aggregate of one scene.
-
-    Args:
-        pred: predicted detections (see :func:`xview3_counts`).
-        gt: ground-truth detections.
-        match_distance: largest distance of a match (metres).
-        shore_distance_km: close-to-shore threshold (km).
-
-    Returns:
-        ``{"f1_det", "f1_shore", "f1_vessel", "f1_fishing", "length_acc", "aggregate"}``.
-
-    Example:
-        >>> gt = {"detect_x": [0.0], "detect_y": [0.0], "is_vessel": [1], "is_fishing": [0],
-        ...       "vessel_length_m": [100.0], "distance_from_shore_km": [5.0]}
-        >>> pred = {"detect_x": [50.0], "detect_y": [0.0], "is_vessel": [1], "is_fishing": [0],
-        ...         "vessel_length_m": [80.0]}
-        >>> round(xview3_score(pred, gt)["aggregate"], 3)
-        0.96
-    """
-    counts = xview3_counts(
-        pred, gt, match_distance=match_distance, shore_distance_km=shore_distance_km
-    )
-    return counts.scores()
 
 
 class XView3Metric(Metric):
