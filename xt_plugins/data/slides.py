@@ -188,7 +188,7 @@ def _make_layout(seed: int, width: int, height: int, tumor: bool) -> _Layout:
         if 0.08 < tissue.mean() < 0.7:
             break
     tissue_sdt_l = _signed_distance(tissue)  # layout pixels
-    tumor = np.zeros_like(tissue)
+    area = np.zeros_like(tissue)  # not `tumor`: that is the flag
     if tumor:
         deep = np.flatnonzero(tissue_sdt_l >= max(0.5, 0.4 * float(tissue_sdt_l.max())))
         for attempt in range(20):
@@ -203,16 +203,16 @@ def _make_layout(seed: int, width: int, height: int, tumor: bool) -> _Layout:
             warp = 0.15 * min(s[2] for s in shapes)
             field = _blobs(stream_seed(seed, 11, attempt), rows, cols, shapes, warp, 4 * warp)
             candidate = (field > 0) & tissue
-            if candidate.sum() > tumor.sum():
-                tumor = candidate  # keep the largest try
-            if tumor.sum() >= max(4, 0.03 * tissue.sum()):
+            if candidate.sum() > area.sum():
+                area = candidate  # keep the largest try
+            if area.sum() >= max(4, 0.03 * tissue.sum()):
                 break
     return _Layout(
         factor=factor,
         tissue_sdt=tissue_sdt_l * np.float32(factor),
-        tumor_sdt=_signed_distance(tumor) * np.float32(factor) if tumor.any() else None,
+        tumor_sdt=_signed_distance(area) * np.float32(factor) if area.any() else None,
         tissue_mask=tissue,
-        tumor_mask=tumor,
+        tumor_mask=area,
     )
 
 
