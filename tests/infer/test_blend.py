@@ -1,4 +1,4 @@
-"""Blended dense windows: seam-free, close to one whole-image pass, tile by tile, each object once."""
+"""Blended dense windows: seam-free, close to a whole-image pass, tile by tile, each object once."""
 
 import numpy as np
 import pytest
