@@ -218,8 +218,11 @@ def selective_scan(
     with channels innermost: arguments that are (b, d, l) views of (b, l, d) memory (what
     :class:`~xt_plugins.nn.layers.mamba.Mamba` passes) need no transposes, contiguous
     (b, d, l) ones cost three 2-D transposes per ~1k steps, and the output has the memory
-    layout of ``u``. While ``torch.compile`` or ``torch.export`` traces, the differentiable
-    path runs (its ops are out of place) without checkpointing, in and out of autograd.
+    layout of ``u``. On CPU without autograd each chunk runs with all intra-op threads or one,
+    whichever measures cheaper (:mod:`.threads`: many small parallel ops collapse when other
+    processes share the cores). While ``torch.compile`` or ``torch.export`` traces, the
+    differentiable path runs (its ops are out of place) without checkpointing, in and out of
+    autograd.
 
     Args:
         u: (b, d, l) input.
