@@ -99,7 +99,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="write synthetic H&E-like pyramidal TIFF slides with labels.csv",
     )
     m.add_argument("out", type=Path, metavar="DIR", help="output folder")
-    m.add_argument("--n", type=int, default=6, help="number of slides (half with tumour)")
+    m.add_argument("--n", type=int, default=6, help="number of slides (half with tumor)")
     m.add_argument(
         "--size", type=_size, default=(40000, 30000), metavar="WxH", help="level-0 size in px"
     )
@@ -142,7 +142,7 @@ def _make_slides(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
     )
     for info in infos:
-        kind = f"tumour {info.tumor_fraction:.1%} of tissue" if info.label else "normal"
+        kind = f"tumor {info.tumor_fraction:.1%} of tissue" if info.label else "normal"
         print(f"{info.path}: {info.width} x {info.height} px, {info.mpp} um/px, {kind}")
     print(f"labels: {Path(args.out) / 'labels.csv'}")
     return 0
