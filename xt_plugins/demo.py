@@ -294,7 +294,7 @@ def run_demo(config: DemoConfig | None = None) -> dict[str, Any]:
         "10",
         "--overlap-regions",
         "1",
-        "--quiet",
+        "--no-progress",
     ]
     stage = _run("infer_scene", cmd, out, logs, env)
     summary["stages"].append(stage)

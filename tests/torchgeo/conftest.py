@@ -26,7 +26,7 @@ def sar_workdir(tmp_path_factory) -> Path:
     work = tmp_path_factory.mktemp("sar_work")
     rc = main(
         ["make-sar-scenes", str(work / "data" / "sar_scenes"), "--n", "2", "--size", "600x500"]
-        + ["--seed", "7", "--quiet"]
+        + ["--seed", "7", "--no-progress"]
     )
     assert rc == 0
     return work

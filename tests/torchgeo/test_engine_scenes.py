@@ -13,7 +13,7 @@ import rasterio
 
 from xt_plugins.cli import main
 
-FAST = ["--window-regions", "3", "--overlap-regions", "1", "--quiet"]
+FAST = ["--window-regions", "3", "--overlap-regions", "1", "--no-progress"]
 
 
 @pytest.fixture

@@ -26,6 +26,17 @@ def _positive(text: str) -> int:
     return value
 
 
+def _no_progress(p: argparse.ArgumentParser) -> None:
+    """``--no-progress`` (as ``predict-slide``); ``--quiet`` stays as a deprecated alias."""
+    p.add_argument(
+        "--no-progress",
+        "--quiet",
+        dest="no_progress",
+        action="store_true",
+        help="no progress bars (--quiet: deprecated spelling)",
+    )
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``make-sar-scenes`` and ``predict-scene`` to the ``xt-plugins`` parser."""
     p = sub.add_parser(
@@ -43,7 +54,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="collection seed (default: 0)")
     p.add_argument("--pixel-size", type=float, default=10.0, help="metres per pixel (default: 10)")
     p.add_argument("--no-bathymetry", action="store_true", help="write VV and VH only")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _no_progress(p)
     p.set_defaults(func=_make_sar_scenes)
 
     p = sub.add_parser(
@@ -105,7 +116,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="store probabilities as uint8 (scale 1/254, nodata 255; length in length_m.tif)",
     )
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _no_progress(p)
     p.set_defaults(func=_predict_scene)
 
 
@@ -120,7 +131,7 @@ def _make_sar_scenes(args: argparse.Namespace) -> int:
         seed=args.seed,
         pixel_size=args.pixel_size,
         extra_bands=() if args.no_bathymetry else ("bathymetry",),
-        progress=not args.quiet,
+        progress=not args.no_progress,
     )
     for s in scenes:
         n = len(s.detections)
@@ -146,7 +157,7 @@ def _predict_scene(args: argparse.Namespace) -> int:
         precision=args.precision,
         tta=args.tta,
         uint8=args.uint8,
-        progress=not args.quiet,
+        progress=not args.no_progress,
         skip_errors=not args.debug,  # --debug: the first error raises with its traceback
     )
     failed = [s for s, r in results.items() if isinstance(r, BaseException)]
