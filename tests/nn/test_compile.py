@@ -110,3 +110,11 @@ def test_mamba_compiles_with_inductor():
         torch.testing.assert_close(
             compiled(tokens, coords)[0], ctx(tokens, coords)[0], atol=1e-4, rtol=1e-4
         )
+
+
+def test_export_with_region_checkpointing():
+    """``checkpoint_regions=True`` (a training setting) does not stop a strict export."""
+    model = tiny_model("convnext_tiny", "txl", num_classes=2, checkpoint_regions=True).train()
+    x = torch.randn(1, 3, 128, 128)
+    exported = torch.export.export(model, (x,), strict=True)
+    torch.testing.assert_close(exported.module()(x), model(x), atol=1e-4, rtol=1e-4)

@@ -91,3 +91,8 @@ def test_a_newly_registered_encoder_adds_its_options_for_everyone():
             build_context("_test_scaled", 16, scal=2.0)
     finally:
         del CONTEXT_ENCODERS["_test_scaled"]
+
+
+def test_a_typo_is_caught_for_the_region_only_model_too():
+    with pytest.raises(TypeError, match="segment_length"):
+        tiny_model("convnext_tiny", "none", context_kwargs={"segment_length": 8})

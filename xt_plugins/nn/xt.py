@@ -87,7 +87,7 @@ class XTModel(TimmConventions, nn.Module):
         dim = context_dim or channels
         if context == "none":
             self.context_in: nn.Module = nn.Identity()
-            self.context = build_context("none", dim)
+            self.context = build_context("none", dim, **(context_kwargs or {}))
             self.context_out: nn.Module | None = None
         else:
             self.context_in = nn.Linear(channels, dim) if dim != channels else nn.Identity()
@@ -191,7 +191,8 @@ class XTModel(TimmConventions, nn.Module):
             with torch.set_grad_enabled(keep_grad):
                 for start in range(0, idx.numel(), chunk):
                     sub = idx[start : start + chunk]
-                    if keep_grad and self.checkpoint_regions:
+                    # (torch.export cannot trace activation checkpointing: it runs plain)
+                    if keep_grad and self.checkpoint_regions and not torch.compiler.is_exporting():
                         outs.append(checkpoint(fn, sub, use_reentrant=False))
                     else:
                         outs.append(fn(sub))
