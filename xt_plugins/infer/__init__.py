@@ -5,7 +5,10 @@ No TorchGeo or MONAI code lives here; the adapters call it.
 - :mod:`~xt_plugins.infer.streaming`: region streaming (:func:`stream_predict`,
   :func:`stream_forward`), exact image-level outputs at bounded memory;
 - :mod:`~xt_plugins.infer.dense`: dense windowed prediction (overlapping windows, centre crops
-  written tile by tile, detections de-duplicated across window borders);
+  or Hann-blended outputs written tile by tile, detections de-duplicated across window
+  borders);
+- :mod:`~xt_plugins.infer.precision`: mixed precision (autocast) and flip test-time
+  augmentation;
 - :mod:`~xt_plugins.infer.store`: the run store, keyed by the input's identity
   (:mod:`~xt_plugins.infer.identity`), resumable and validated;
 - :mod:`~xt_plugins.infer.runner`: many inputs: expansion of files and folders, output naming,

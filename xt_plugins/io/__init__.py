@@ -1,9 +1,14 @@
-"""Lazy image sources (slides, rasters, arrays, zarr) and writers (GeoTIFF, Zarr, PNG, GeoJSON).
+"""Lazy image sources, validity masks, safe checkpoint reading and writers.
+
+Sources: slides, rasters, arrays, zarr and multi-band SAR scenes (:mod:`~xt_plugins.io.scene`);
+masks: tissue and nodata (:mod:`~xt_plugins.io.masks`); checkpoints: the one safe reader
+(:func:`read_checkpoint`); writers: COG GeoTIFF, Zarr / OME-Zarr, PNG, QuPath GeoJSON.
 
 .. versionadded:: 0.1
 """
 
 from .base import ImageSource
+from .checkpoints import Checkpoint, CheckpointError, read_checkpoint
 from .errors import ImageReadError, MissingMPPError, SlideOpenError
 from .sources import SLIDE_SUFFIXES, ArraySource, RasterSource, SlideSource, ZarrSource, open_image
 from .writers import (
@@ -23,6 +28,9 @@ from .writers import (
 )
 
 __all__ = [
+    "Checkpoint",
+    "CheckpointError",
+    "read_checkpoint",
     "QUANTIZED_NODATA",
     "QUANTIZED_SCALE",
     "QUPATH_OBJECT_TYPES",
