@@ -96,7 +96,9 @@ def test_cli_predicts_scenes_and_skips_a_bad_one(detection_checkpoint, sar_root,
         coords = np.array([f["geometry"]["coordinates"] for f in gj["features"]])
         assert np.allclose(coords, df[["detect_x", "detect_y"]].to_numpy())
     # every scene bad: non-zero exit
-    rc = main(["predict-scene", str(detection_checkpoint), str(bad), "--out", str(out), "--no-progress"])
+    rc = main(
+        ["predict-scene", str(detection_checkpoint), str(bad), "--out", str(out), "--no-progress"]
+    )
     assert rc == 1
 
 
@@ -260,7 +262,12 @@ def test_scene_without_crs_warns_once_and_uses_pixel_coordinates(sar_root, tmp_p
 
 def test_cli_blend_precision_tta_uint8(detection_checkpoint, sar_root, tmp_path, capsys):
     out = tmp_path / "pred"
-    args = ["predict-scene", str(detection_checkpoint), str(sar_root / "scene_000"), "--no-progress"]
+    args = [
+        "predict-scene",
+        str(detection_checkpoint),
+        str(sar_root / "scene_000"),
+        "--no-progress",
+    ]
     rc = main([*args, "--out", str(out), "--blend", "cosine", "--precision", "bf16",
                "--tta", "flips", "--uint8", "--threshold", "0.005"])  # fmt: skip
     assert rc == 0
