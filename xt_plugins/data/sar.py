@@ -36,6 +36,7 @@ from rasterio.windows import Window
 from scipy import ndimage
 from tqdm.auto import tqdm
 
+from ..io.scene import LABEL_COLUMNS
 from ._noise import fbm, ordered_map, sample_layout, stream_seed
 
 __all__ = ["DETECTION_COLUMNS", "NODATA", "SceneInfo", "make_sar_scene", "make_sar_scenes"]
@@ -43,16 +44,7 @@ __all__ = ["DETECTION_COLUMNS", "NODATA", "SceneInfo", "make_sar_scene", "make_s
 #: Value of pixels outside the swath.
 NODATA = -9999.0
 #: Label columns, in order (xView3 names), then the map coordinates of the pixel centre.
-DETECTION_COLUMNS = [
-    "detect_scene_row",
-    "detect_scene_column",
-    "is_vessel",
-    "is_fishing",
-    "vessel_length_m",
-    "distance_from_shore_km",
-    "detect_x",
-    "detect_y",
-]
+DETECTION_COLUMNS = [*LABEL_COLUMNS, "detect_x", "detect_y"]
 _LOOKS = 4.4  # equivalent number of looks of Sentinel-1 GRD
 _KIND_VESSEL, _KIND_FISHING, _KIND_PLATFORM = 0, 1, 2
 
